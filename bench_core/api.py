@@ -1,0 +1,274 @@
+"""The public plugin API: what a model, dataset or metric plugin provides to the engine.
+
+Everything a third-party package needs is here and in :mod:`bench_core.hookspecs`. The
+engine talks to plugins only through these protocols, so a plugin never has to know the
+engine's internals and the engine never imports a plugin by name.
+
+``API_VERSION`` is bumped when a protocol changes incompatibly. A plugin class declares
+the version it was written against in ``api_version``; the plugin manager refuses classes
+whose major version differs and lists them with the reason in ``bench plugins``.
+
+This module must stay importable without torch (``bench --help`` imports it indirectly):
+tensors appear only in type hints.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
+
+if TYPE_CHECKING:  # pragma: no cover - typing only
+    import torch
+    from torch.utils.data import Dataset
+
+API_VERSION = 1
+"""Major version of the plugin API described in this module."""
+
+# Capabilities a model may declare; the engine derives evaluation tasks from them.
+RECONSTRUCT = "reconstruct"
+TRANSLATE = "translate"
+SAMPLE = "sample"
+CAPABILITIES = frozenset({RECONSTRUCT, TRANSLATE, SAMPLE})
+
+SPLITS = ("train", "val", "test")
+
+
+class BenchError(Exception):
+    """An error the user can act on; the CLI prints its message without a traceback."""
+
+
+class PluginError(BenchError):
+    """A plugin could not be loaded, is ambiguous or broke its contract."""
+
+
+class DataError(BenchError):
+    """A dataset file or folder is missing, unreadable or does not match its declared format."""
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """What a dataset yields, so the engine can pair it with models and metrics.
+
+    Attributes:
+        modalities: names of the image fields in each item: one (``("image",)``) for
+            reconstruction data, two (``("A", "B")``) for paired translation data.
+        channels: channels per modality, in the order of ``modalities``.
+        dims: spatial dimensions, 2 (images) or 3 (volumes).
+        shape: spatial shape of every yielded tensor (``(H, W)`` or ``(D, H, W)``).
+        value_range: ``(low, high)`` range of the yielded tensors; the engine maps this
+            range to ``[0, 1]`` before computing metrics, and metrics use ``data_range=1``.
+        split_sizes: number of items per split.
+        description: one line for reports (modality names, source, preprocessing).
+    """
+
+    modalities: tuple[str, ...]
+    channels: tuple[int, ...]
+    dims: int
+    shape: tuple[int, ...]
+    value_range: tuple[float, float]
+    split_sizes: Mapping[str, int] = field(default_factory=dict)
+    description: str = ""
+
+    @property
+    def paired(self) -> bool:
+        """True for datasets with two modalities (translation pairs)."""
+        return len(self.modalities) == 2
+
+    def channels_of(self, modality: str) -> int:
+        """Channel count of ``modality``."""
+        return self.channels[self.modalities.index(modality)]
+
+
+@runtime_checkable
+class DatasetPlugin(Protocol):
+    """A dataset: a reader for one on-disk format, optionally able to write embedded data.
+
+    Constructed as ``cls(root, **options)``. ``root`` is the folder holding the data in
+    the format the plugin reads. Items of a split are dicts: one tensor per modality
+    (shape ``(C, *spatial)``, float32, inside ``spec().value_range``) plus ``"id"``, a
+    string naming the source file (used to name output images). Iteration order is
+    sorted and deterministic. A bad file raises :class:`DataError` naming the file.
+
+    A plugin that can synthesise data in its own format implements the optional
+    classmethod ``make_embedded(root: Path, n: int, seed: int) -> None``; suites then
+    use ``root: embedded`` and the engine writes the data once into its cache.
+    """
+
+    name: ClassVar[str]
+    version: ClassVar[str]
+    api_version: ClassVar[int]
+
+    def __init__(self, root: Path, **options: Any) -> None: ...
+
+    def spec(self) -> DataSpec:
+        """Describe modalities, channels, dims, shape, value range and split sizes."""
+        ...
+
+    def split(self, name: str) -> Dataset:
+        """Return the map-style torch dataset of split ``name`` (one of ``SPLITS``)."""
+        ...
+
+    def fingerprint(self) -> str:
+        """A fast content fingerprint (file list, sizes, sampled content) keying caches."""
+        ...
+
+
+@dataclass
+class OptimizerSpec:
+    """Optimiser settings of a training stage; the engine builds the torch optimiser."""
+
+    name: str = "adam"  # adam | adamw | adamax | sgd
+    lr: float = 1e-3
+    betas: tuple[float, float] = (0.9, 0.999)
+    weight_decay: float = 0.0
+
+
+@dataclass
+class TrainingStage:
+    """One phase of training that the engine's loop runs (models may have several).
+
+    The engine owns the loop: device placement, precision, optimiser, gradient clipping
+    and skipping, EMA, checkpoints, progress and curves. The stage owns the maths.
+
+    Attributes:
+        name: stage name, unique within the model (e.g. ``"vqvae"``, ``"top_prior"``).
+        parameters: callable returning the parameters this stage optimises.
+        loss: ``loss(batch) -> {"loss": scalar tensor, other: scalar tensors...}``;
+            ``batch`` is the collated dataset item dict already on the device. Extra
+            entries are logged as curves.
+        optimizer: optimiser settings.
+        frozen: callable returning modules kept in eval mode and without gradients
+            during this stage (e.g. the VQ-VAE while a prior learns its codes).
+        grad_clip: max global gradient norm (``None``: no clipping).
+        skip_threshold: skip an update whose gradient norm exceeds this (``None``: never).
+            Non-finite losses or gradients are always skipped and counted.
+        ema_decay: keep an exponential moving average of the parameters and evaluate
+            with it (``None``: off).
+        default_steps: training steps when the suite gives no budget.
+        batch_size: default batch size of this stage.
+    """
+
+    name: str
+    parameters: Callable[[], Iterable[Any]]
+    loss: Callable[[dict[str, Any]], dict[str, torch.Tensor]]
+    optimizer: OptimizerSpec = field(default_factory=OptimizerSpec)
+    frozen: Callable[[], Iterable[Any]] | None = None
+    grad_clip: float | None = None
+    skip_threshold: float | None = None
+    ema_decay: float | None = None
+    default_steps: int = 1000
+    batch_size: int = 16
+
+
+@runtime_checkable
+class ModelPlugin(Protocol):
+    """A generative model: a ``torch.nn.Module`` subclass with these class attributes.
+
+    Constructed as ``cls(config, spec)`` where ``config`` is the merged configuration
+    (a named entry of ``configs`` updated by the suite's overrides) and ``spec`` the
+    dataset's :class:`DataSpec`. All inputs and outputs are in the dataset's value range.
+
+    Capability methods (implement those declared in ``capabilities``):
+
+    - ``reconstruct(x, modality) -> Tensor``: encode and decode a batch of one modality.
+    - ``translate(x, source, target) -> Tensor``: map a batch from one modality to the other.
+    - ``sample(n, temperature=1.0, generator=None) -> Tensor``: draw ``n`` images of the
+      dataset's first modality.
+
+    Optional: ``evaluation_metrics(loader) -> dict[str, float]`` for model-specific numbers
+    (codebook usage, ELBO, ...) stored alongside the metric plugins' values.
+    """
+
+    name: ClassVar[str]
+    version: ClassVar[str]
+    api_version: ClassVar[int]
+    capabilities: ClassVar[frozenset[str]]
+    dims: ClassVar[frozenset[int]]
+    configs: ClassVar[Mapping[str, Mapping[str, Any]]]
+    default_config: ClassVar[str]
+
+    def __init__(self, config: Mapping[str, Any], spec: DataSpec) -> None: ...
+
+    @classmethod
+    def incompatibility(cls, spec: DataSpec) -> str | None:
+        """Why this model cannot serve a dataset with ``spec`` (``None`` when it can)."""
+        ...
+
+    def stages(self) -> list[TrainingStage]:
+        """The training stages, run in order by the engine."""
+        ...
+
+
+@dataclass
+class MetricValue:
+    """A computed metric: value, spread, sample count and the settings that produced it."""
+
+    value: float
+    std: float | None
+    n: int
+    settings: dict[str, Any]
+    per_item: list[float] | None = None
+
+
+@runtime_checkable
+class MetricPlugin(Protocol):
+    """A metric with the update / compute / reset shape of torchmetrics.
+
+    Constructed as ``cls(data_range=1.0, dims=2, **options)``. The engine feeds
+    predictions and targets mapped to ``[0, data_range]``, shaped ``(N, C, *spatial)``.
+
+    - ``kind = "paired"`` metrics compare each prediction with its target and return the
+      per-item values from ``update`` (a 1D tensor of length N); ``compute`` gives their
+      mean and std over everything seen.
+    - ``kind = "distribution"`` metrics compare the set of predictions (samples) with the
+      set of targets; ``update`` returns ``None``.
+
+    ``settings()`` returns every choice that changes the number (data_range, window,
+    preset, weights hash, ...): it is stored as the value's provenance, and values with
+    different settings are never ranked together.
+    """
+
+    name: ClassVar[str]
+    version: ClassVar[str]
+    api_version: ClassVar[int]
+    higher_is_better: ClassVar[bool]
+    kind: ClassVar[str]  # "paired" | "distribution"
+    dims: ClassVar[frozenset[int]]
+
+    def __init__(self, data_range: float = 1.0, dims: int = 2, **options: Any) -> None: ...
+
+    def update(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor | None:
+        """Accumulate a batch; paired metrics return per-item values."""
+        ...
+
+    def compute(self) -> MetricValue:
+        """The metric over everything accumulated since the last reset."""
+        ...
+
+    def reset(self) -> None:
+        """Forget accumulated state."""
+        ...
+
+    def settings(self) -> dict[str, Any]:
+        """The settings that determine the value (stored as provenance)."""
+        ...
+
+
+def merge_config(base: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """Return ``base`` updated by ``overrides``, recursing into nested mappings.
+
+    A key of ``overrides`` absent from ``base`` is an error naming the key and the valid
+    ones, so a typo in a suite's model config is never silently ignored.
+    """
+    out = dict(base)
+    for key, value in overrides.items():
+        if key not in base:
+            valid = ", ".join(sorted(base))
+            raise BenchError(f"unknown config key {key!r}; valid keys: {valid}")
+        if isinstance(value, Mapping) and isinstance(base[key], Mapping):
+            out[key] = merge_config(base[key], value)
+        else:
+            out[key] = value
+    return out

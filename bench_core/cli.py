@@ -1,0 +1,175 @@
+"""The ``bench`` command line.
+
+Only argparse is imported at start-up; each subcommand imports what it needs, so
+``bench --help`` never imports torch. Exit codes: 0 success, 1 some cells failed,
+2 a usage, suite, plugin or data error (printed without a traceback), 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+EXIT_OK, EXIT_FAILED_CELLS, EXIT_ERROR, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+def _registry(args: argparse.Namespace):
+    from bench_core.plugins import load_registry
+
+    return load_registry(only=args.plugin)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from bench_core.runner import Runner, plan
+    from bench_core.suite import load_suite
+
+    suite = load_suite(args.suite)
+    registry = _registry(args)
+    cells = plan(suite, args.only)
+    runner = Runner(
+        suite, registry, output_dir=args.output, progress=not args.no_progress and sys.stderr.isatty(),
+        argv=sys.argv[1:], log=lambda msg: print(msg, flush=True),
+    )  # fmt: skip
+    if args.dry_run:
+        runner.preflight(cells)
+        print(f"suite {suite.name}: {len(cells)} cells -> {runner.output_dir}")
+        for cell in cells:
+            entry = cell.model
+            model_cls = registry.get("model", entry.plugin).cls
+            config = entry.config or model_cls.default_config
+            print(f"  {cell.id}  [{entry.plugin}:{config}, {cell.dataset.plugin} root={cell.dataset.root}]")
+        print(f"metrics: {', '.join(m.plugin for m in suite.metrics)}")
+        return EXIT_OK
+    if not cells:
+        print("no cells match the suite's include/exclude and --only filters", file=sys.stderr)
+        return EXIT_ERROR
+    summary = runner.run(cells)
+    if not args.no_report:
+        from bench_core.report.html import build_report
+
+        sections = [
+            s for group in registry.pm.hook.bench_report_sections(store_path=str(runner.output_dir)) for s in group
+        ]
+        path = build_report(runner.output_dir, sections)
+        print(f"report: {path}")
+    print(", ".join(f"{v} {k}" for k, v in summary.items() if v))
+    return EXIT_FAILED_CELLS if summary["failed"] else EXIT_OK
+
+
+def cmd_plugins(args: argparse.Namespace) -> int:
+    registry = _registry(args)
+    for source in sorted(registry.sources, key=lambda s: (s.distribution, s.entry_point)):
+        provides = ", ".join(f"{kind} {name}" for kind, name in source.provides) or "nothing"
+        state = f"ERROR: {source.error}" if source.error else "ok"
+        version = f" {source.dist_version}" if source.dist_version else ""
+        print(f"{source.distribution}{version}  {source.entry_point} = {source.value}")
+        print(f"    provides: {provides}")
+        print(f"    status:   {state}")
+    for problem in registry.duplicates():
+        print(f"conflict: {problem}")
+    return EXIT_OK
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from bench_core.report.html import build_report
+
+    if not (Path(args.output_dir) / "results.sqlite").exists():
+        print(f"error: no results store (results.sqlite) in {args.output_dir}", file=sys.stderr)
+        return EXIT_ERROR
+    print(f"report: {build_report(args.output_dir)}")
+    return EXIT_OK
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from bench_core.export import export
+
+    text_or_path = export(Path(args.output_dir), args.format, Path(args.out) if args.out else None)
+    print(text_or_path)
+    return EXIT_OK
+
+
+def cmd_data_make(args: argparse.Namespace) -> int:
+    registry = _registry(args)
+    cls = registry.get("dataset", args.name).cls
+    if not hasattr(cls, "make_embedded"):
+        print(f"error: dataset plugin {args.name!r} cannot synthesise data", file=sys.stderr)
+        return EXIT_ERROR
+    Path(args.dir).mkdir(parents=True, exist_ok=True)
+    cls.make_embedded(Path(args.dir), n=args.n, seed=args.seed)
+    print(f"wrote embedded {args.name} data (n={args.n}, seed={args.seed}) to {args.dir}")
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``bench`` (exposed for docs and tests)."""
+    parser = argparse.ArgumentParser(
+        prog="bench",
+        description="Benchmark generative models of medical and scientific images.",
+    )
+    parser.add_argument("--version", action="store_true", help="print the version and exit")
+    parser.add_argument(
+        "-p", dest="plugin", action="append", default=[], metavar="NAME",
+        help="also load plugin NAME (entry point or module); with BENCH_DISABLE_PLUGIN_AUTOLOAD=1, only these",
+    )  # fmt: skip
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    run = sub.add_parser("run", help="train/load and evaluate every cell of a suite, then write the report")
+    run.add_argument("suite", help="suite YAML file")
+    run.add_argument("--dry-run", action="store_true", help="check the suite and print the cells without running")
+    run.add_argument("--only", action="append", metavar="GLOB", help="run only cells whose model/dataset/seedN matches")
+    run.add_argument("--output", type=Path, help="output directory (default: the suite's output_dir)")
+    run.add_argument("--no-progress", action="store_true", help="no progress bars")
+    run.add_argument("--no-report", action="store_true", help="do not render the HTML report")
+    run.set_defaults(func=cmd_run)
+
+    plugins = sub.add_parser("plugins", help="list plugins, what they provide and load errors")
+    plugins.set_defaults(func=cmd_plugins)
+
+    report = sub.add_parser("report", help="rebuild the HTML report from a results store")
+    report.add_argument("output_dir", help="output directory holding results.sqlite")
+    report.set_defaults(func=cmd_report)
+
+    export = sub.add_parser("export", help="export stored results")
+    export.add_argument("output_dir", help="output directory holding results.sqlite")
+    export.add_argument("--format", required=True, choices=["csv", "json", "parquet", "markdown", "latex"])
+    export.add_argument("-o", "--out", help="file to write (default: print text formats, or next to the store)")
+    export.set_defaults(func=cmd_export)
+
+    data = sub.add_parser("data", help="dataset tools")
+    data_sub = data.add_subparsers(dest="data_command", metavar="ACTION", required=True)
+    make = data_sub.add_parser("make", help="write a dataset plugin's embedded data in its real on-disk format")
+    make.add_argument("name", help="dataset plugin name")
+    make.add_argument("dir", help="folder to write")
+    make.add_argument("--n", type=int, default=64, help="number of items (default 64)")
+    make.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    make.set_defaults(func=cmd_data_make)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``bench`` console script."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.version:
+        from bench_core import __version__
+
+        print(f"medgen-bench {__version__}")
+        return EXIT_OK
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return EXIT_ERROR
+    from bench_core.api import BenchError
+
+    try:
+        return args.func(args)
+    except BenchError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print("interrupted: finished cells are kept; run the same command again to continue", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

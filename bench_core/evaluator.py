@@ -1,0 +1,277 @@
+"""Evaluation: stream the test split through the model, task by task, into metric objects.
+
+Tasks follow from the model's capabilities and the dataset's modalities: ``recon`` for
+single-modality data, ``A2A``/``B2B`` and ``A2B``/``B2A`` for paired data, and
+``sample``. One pass over the test loader feeds every reconstruction and translation
+task batch by batch, so no test set is ever held in memory. Predictions and targets are
+mapped from the dataset's value range to ``[0, 1]`` (predictions clamped, and the count
+recorded) before the metrics see them, so every metric uses ``data_range = 1``.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+
+from bench_core.api import RECONSTRUCT, SAMPLE, TRANSLATE, BenchError, DataSpec
+from bench_core.trainer import autocast, to_device
+
+
+@dataclass(frozen=True)
+class Task:
+    """One evaluation task: ``source`` modality in, ``target`` modality compared against."""
+
+    name: str
+    kind: str  # reconstruct | translate | sample
+    source: str | None
+    target: str
+
+
+def tasks_for(capabilities: frozenset[str], spec: DataSpec) -> list[Task]:
+    """The evaluation tasks a model with ``capabilities`` can do on data with ``spec``."""
+    tasks = []
+    if spec.paired:
+        a, b = spec.modalities
+        if RECONSTRUCT in capabilities:
+            tasks += [Task(f"{a}2{a}", RECONSTRUCT, a, a), Task(f"{b}2{b}", RECONSTRUCT, b, b)]
+        if TRANSLATE in capabilities:
+            tasks += [Task(f"{a}2{b}", TRANSLATE, a, b), Task(f"{b}2{a}", TRANSLATE, b, a)]
+    elif RECONSTRUCT in capabilities:
+        tasks.append(Task("recon", RECONSTRUCT, spec.modalities[0], spec.modalities[0]))
+    if SAMPLE in capabilities:
+        tasks.append(Task("sample", SAMPLE, None, spec.modalities[0]))
+    return tasks
+
+
+@dataclass
+class EvalSettings:
+    """Evaluation settings resolved from the suite."""
+
+    device: torch.device
+    precision: str = "fp32"
+    batch_size: int = 16
+    n_samples: int = 64
+    temperature: float = 1.0
+    grid_size: int = 8
+    max_items: int | None = None
+    save_images: bool = True
+    seed: int = 0
+
+
+@dataclass
+class EvalOutcome:
+    """Metric rows for the store, per-file values for the eval JSON, and timings."""
+
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    per_file: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
+    grids: dict[str, str] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+
+def evaluate(
+    model: torch.nn.Module,
+    test: Dataset,
+    spec: DataSpec,
+    tasks: list[Task],
+    metrics: dict[str, tuple[type, dict[str, Any]]],
+    settings: EvalSettings,
+    out_dir: Path,
+) -> EvalOutcome:
+    """Run every task over the test split and return the metric rows.
+
+    Args:
+        metrics: metric name -> (metric class, options) as resolved from the suite.
+        out_dir: the cell's folder; image folders and grids are written under it.
+    """
+    outcome = EvalOutcome()
+    lo, hi = spec.value_range
+    model.eval()
+    instances: dict[str, dict[str, Any]] = {}
+    for task in tasks:
+        instances[task.name] = {}
+        for name, (cls, options) in metrics.items():
+            if spec.dims not in cls.dims:
+                outcome.notes.append(
+                    f"metric {name} skipped: it supports dims {sorted(cls.dims)}, data is {spec.dims}D"
+                )
+                continue
+            if task.kind == SAMPLE and cls.kind == "paired":
+                continue  # samples have no ground-truth partner
+            instances[task.name][name] = cls(data_range=1.0, dims=spec.dims, **options)
+    state = {t.name: _TaskState(t) for t in tasks}
+    loader = DataLoader(test, batch_size=settings.batch_size, shuffle=False, num_workers=0)
+    sampler_gen = torch.Generator(device="cpu").manual_seed(settings.seed)
+    seen = 0
+    with torch.no_grad():
+        for batch in loader:
+            if settings.max_items is not None and seen >= settings.max_items:
+                break
+            if settings.max_items is not None:
+                keep = settings.max_items - seen
+                batch = {k: v[:keep] for k, v in batch.items()}
+            ids = list(batch["id"])
+            seen += len(ids)
+            batch = to_device(batch, settings.device)
+            for task in tasks:
+                st = state[task.name]
+                t0 = _sync_time(settings.device)
+                with autocast(settings.device, settings.precision):
+                    pred = _run_task(model, task, batch, len(ids), settings, sampler_gen)
+                elapsed = _sync_time(settings.device) - t0
+                st.batches += 1
+                if st.batches > 1:  # the first batch pays for warm-up; leave it out of throughput
+                    st.timed_items += len(ids)
+                    st.timed_seconds += elapsed
+                pred = pred.float()
+                if not torch.isfinite(pred).all():
+                    raise BenchError(f"task {task.name}: the model produced NaN or Inf values")
+                target = batch[task.target].float()
+                if pred.shape != target.shape:
+                    raise BenchError(
+                        f"task {task.name}: model output shape {tuple(pred.shape)} differs from the "
+                        f"target's {tuple(target.shape)}"
+                    )
+                pred01 = (pred - lo) / (hi - lo)
+                st.clamped += int(((pred01 < 0) | (pred01 > 1)).sum())
+                st.values_total += pred01.numel()
+                pred01 = pred01.clamp(0, 1)
+                target01 = ((target - lo) / (hi - lo)).clamp(0, 1)
+                for name, metric in instances[task.name].items():
+                    values = metric.update(pred01, target01)
+                    if values is not None:
+                        per = st.per_file.setdefault(name, {})
+                        per.update(zip(ids, (float(v) for v in values.detach().cpu()), strict=True))
+                st.keep_grid(pred01, target01, batch, settings.grid_size, spec, lo, hi)
+                if settings.save_images:
+                    _save_images(out_dir / task.name, ids, pred01, prefix="sample_" if task.kind == SAMPLE else "")
+            if settings.save_images:
+                for modality in spec.modalities:
+                    folder = f"gt{modality}" if spec.paired else "gt"
+                    _save_images(out_dir / folder, ids, ((batch[modality].float() - lo) / (hi - lo)).clamp(0, 1))
+    if seen == 0:
+        raise BenchError("the test split is empty: nothing to evaluate")
+    for task in tasks:
+        st = state[task.name]
+        clamp_note = {"pred_clamped": st.clamped, "pred_values": st.values_total}
+        for name, metric in instances[task.name].items():
+            cls = metrics[name][0]
+            result = metric.compute()
+            outcome.rows.append(
+                {
+                    "task": task.name, "metric": name, "value": result.value, "std": result.std, "n": result.n,
+                    "higher_is_better": cls.higher_is_better, "settings": {**result.settings, **clamp_note},
+                    "provenance": {"plugin": name, "version": cls.version},
+                }
+            )  # fmt: skip
+            if name in st.per_file:
+                outcome.per_file.setdefault(task.name, {})[name] = {
+                    "mean": result.value, "std": result.std, "n": result.n, "per_file": st.per_file[name],
+                }  # fmt: skip
+        if st.timed_seconds > 0:
+            outcome.rows.append(
+                {
+                    "task": task.name, "metric": "images_per_s", "value": st.timed_items / st.timed_seconds,
+                    "std": None, "n": st.timed_items, "higher_is_better": True,
+                    "settings": {
+                        "batch_size": settings.batch_size, "device": str(settings.device),
+                        "precision": settings.precision,
+                        "protocol": "wall clock of model calls, CUDA-synchronised, first batch excluded",
+                    },
+                    "provenance": {"plugin": "engine"},
+                }
+            )  # fmt: skip
+        if settings.save_images and st.grid_rows:
+            path = out_dir / f"{task.name}_grid.png"
+            _save_grid(path, st.grid_rows)
+            outcome.grids[task.name] = path.name
+    return outcome
+
+
+class _TaskState:
+    def __init__(self, task: Task):
+        self.task = task
+        self.per_file: dict[str, dict[str, float]] = {}
+        self.timed_seconds = 0.0
+        self.timed_items = 0
+        self.batches = 0
+        self.clamped = 0
+        self.values_total = 0
+        self.grid_rows: list[list[torch.Tensor]] = []  # columns of (gt, pred, |err|) or (source, sample)
+        self._grid_count = 0
+
+    def keep_grid(self, pred01, target01, batch, size: int, spec: DataSpec, lo: float, hi: float) -> None:
+        take = min(size - self._grid_count, pred01.shape[0])
+        if take <= 0:
+            return
+        for i in range(take):
+            if self.task.kind == SAMPLE:
+                column = [_view2d(pred01[i])]
+            else:
+                source = ((batch[self.task.source][i].float() - lo) / (hi - lo)).clamp(0, 1)
+                column = [_view2d(source)] if self.task.source != self.task.target else []
+                column += [_view2d(target01[i]), _view2d(pred01[i]), _view2d((pred01[i] - target01[i]).abs())]
+            self.grid_rows.append([c.cpu() for c in column])
+        self._grid_count += take
+
+
+def _run_task(model, task: Task, batch, n: int, settings: EvalSettings, gen: torch.Generator) -> torch.Tensor:
+    if task.kind == RECONSTRUCT:
+        return model.reconstruct(batch[task.source], task.source)
+    if task.kind == TRANSLATE:
+        return model.translate(batch[task.source], task.source, task.target)
+    return model.sample(n, temperature=settings.temperature, generator=gen)
+
+
+def _sync_time(device: torch.device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
+
+
+def _view2d(x: torch.Tensor) -> torch.Tensor:
+    """A (C, H, W) image for display: 3D volumes show their three orthogonal centre slices."""
+    if x.dim() == 4:
+        c, d, h, w = x.shape
+        size = max(d, h, w)
+        planes = [x[:, d // 2], x[:, :, h // 2], x[:, :, :, w // 2]]
+        padded = [torch.nn.functional.pad(p, (0, size - p.shape[-1], 0, size - p.shape[-2])) for p in planes]
+        x = torch.cat(padded, dim=-1)
+    if x.shape[0] not in (1, 3):
+        x = x[:1]
+    return x
+
+
+def _to_uint8(x: torch.Tensor) -> np.ndarray:
+    """(C, H, W) in [0, 1] -> (H, W) or (H, W, 3) uint8."""
+    arr = (x.clamp(0, 1) * 255.0 + 0.5).to(torch.uint8).cpu().numpy()
+    return arr[0] if arr.shape[0] == 1 else np.moveaxis(arr, 0, -1)
+
+
+def _save_images(folder: Path, ids: list[str], images01: torch.Tensor, prefix: str = "") -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, item_id in enumerate(ids):
+        name = f"{prefix}{i:05d}" if prefix else Path(item_id).name
+        Image.fromarray(_to_uint8(_view2d(images01[i]))).save(folder / f"{name}.png")
+
+
+def _save_grid(path: Path, columns: list[list[torch.Tensor]]) -> None:
+    """Items as columns, rows as (source,) ground truth, prediction, error; 2 px gaps."""
+    rows = max(len(c) for c in columns)
+    channels = max(t.shape[0] for c in columns for t in c)
+    h = max(t.shape[-2] for c in columns for t in c)
+    w = max(t.shape[-1] for c in columns for t in c)
+    gap = 2
+    canvas = torch.ones(channels, rows * (h + gap) - gap, len(columns) * (w + gap) - gap)
+    for j, column in enumerate(columns):
+        for i, tile in enumerate(column):
+            tile = tile.expand(channels, -1, -1)
+            y, x = i * (h + gap), j * (w + gap)
+            canvas[:, y : y + tile.shape[-2], x : x + tile.shape[-1]] = tile
+    Image.fromarray(_to_uint8(canvas)).save(path)

@@ -1,0 +1,50 @@
+"""``bench export``: stored results as CSV, JSON, Parquet, Markdown or LaTeX."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from bench_core.api import BenchError
+from bench_core.store import STORE_NAME, ResultsStore
+from bench_core.tables import build_tables, to_latex, to_markdown
+
+
+def export(output_dir: Path, fmt: str, out: Path | None = None) -> str:
+    """Export the store in ``output_dir``; text formats return their text when ``out`` is None.
+
+    Binary or tabular formats (csv, json, parquet) are written to ``out`` (default
+    ``<output_dir>/results.<ext>``) and the path is returned.
+    """
+    if not (output_dir / STORE_NAME).exists():
+        raise BenchError(f"no results store ({STORE_NAME}) in {output_dir}")
+    store = ResultsStore(output_dir)
+    try:
+        rows = store.results()
+    finally:
+        store.close()
+    if fmt in ("markdown", "latex"):
+        tables = build_tables(rows)
+        text = to_markdown(tables) if fmt == "markdown" else to_latex(tables)
+        if out is None:
+            return text
+        out.write_text(text)
+        return str(out)
+    import pandas as pd
+
+    frame = pd.DataFrame(rows)
+    for column in ("settings", "provenance"):
+        if column in frame:
+            frame[column] = frame[column].map(lambda v: json.dumps(v, sort_keys=True))
+    ext = {"csv": "csv", "json": "json", "parquet": "parquet"}[fmt]
+    out = out or output_dir / f"results.{ext}"
+    if fmt == "csv":
+        frame.to_csv(out, index=False)
+    elif fmt == "json":
+        frame.to_json(out, orient="records", indent=1)
+    else:
+        try:
+            frame.to_parquet(out, index=False)
+        except ImportError as exc:
+            raise BenchError(f"parquet export needs pyarrow ({exc}); pip install pyarrow") from None
+    return str(out)

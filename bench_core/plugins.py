@@ -1,0 +1,204 @@
+"""Plugin discovery and the registry of model, dataset and metric classes.
+
+Plugins are modules named by entry points in the ``bench`` group; built-in plugins are
+registered the same way in this project's pyproject.toml. Each entry point is imported
+on its own so one broken plugin is recorded with its error instead of breaking the CLI.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import traceback
+from dataclasses import dataclass, field
+from importlib import metadata
+from types import ModuleType
+from typing import Any
+
+import pluggy
+
+from bench_core import hookspecs
+from bench_core.api import API_VERSION, PluginError
+
+ENTRY_POINT_GROUP = "bench"
+KINDS = ("model", "dataset", "metric")
+_HOOK_OF_KIND = {"model": "bench_models", "dataset": "bench_datasets", "metric": "bench_metrics"}
+_REQUIRED_ATTRS = {
+    "model": ("name", "version", "api_version", "capabilities", "dims", "configs", "default_config"),
+    "dataset": ("name", "version", "api_version"),
+    "metric": ("name", "version", "api_version", "higher_is_better", "kind", "dims"),
+}
+
+
+@dataclass
+class PluginSource:
+    """One entry point: where it comes from and whether it loaded."""
+
+    entry_point: str
+    value: str
+    distribution: str
+    dist_version: str
+    error: str | None = None
+    provides: list[tuple[str, str]] = field(default_factory=list)  # (kind, name)
+
+
+@dataclass
+class Registered:
+    """A plugin class together with the entry point that provided it."""
+
+    kind: str
+    name: str
+    cls: type
+    source: PluginSource
+
+    @property
+    def version(self) -> str:
+        return str(getattr(self.cls, "version", "?"))
+
+
+class Registry:
+    """Loaded plugins: entry-point sources, classes by kind and name, and the hook caller."""
+
+    def __init__(self, pm: pluggy.PluginManager, sources: list[PluginSource]):
+        self.pm = pm
+        self.sources = sources
+        self._by_kind: dict[str, dict[str, list[Registered]]] = {k: {} for k in KINDS}
+        self.errors: list[str] = []
+        for kind in KINDS:
+            self._collect(kind)
+
+    def _collect(self, kind: str) -> None:
+        hook = getattr(self.pm.hook, _HOOK_OF_KIND[kind])
+        for impl in hook.get_hookimpls():
+            source = self._source_of(impl.plugin)
+            try:
+                classes = impl.function() or []
+            except Exception as exc:  # a plugin hook that raises is recorded, not fatal
+                source.error = f"{_HOOK_OF_KIND[kind]}() raised {type(exc).__name__}: {exc}"
+                continue
+            for cls in classes:
+                problem = _contract_problem(kind, cls)
+                if problem:
+                    source.error = problem
+                    continue
+                source.provides.append((kind, cls.name))
+                self._by_kind[kind].setdefault(cls.name, []).append(Registered(kind, cls.name, cls, source))
+
+    def _source_of(self, plugin: Any) -> PluginSource:
+        name = self.pm.get_name(plugin)
+        for source in self.sources:
+            if source.entry_point == name:
+                return source
+        # Registered directly (tests, `-p module`): describe it by its module.
+        source = PluginSource(name or repr(plugin), getattr(plugin, "__name__", repr(plugin)), "(direct)", "")
+        self.sources.append(source)
+        return source
+
+    def names(self, kind: str) -> list[str]:
+        """Sorted names of the loaded plugins of ``kind``."""
+        return sorted(self._by_kind[kind])
+
+    def entries(self, kind: str) -> list[Registered]:
+        """Every registered class of ``kind``, duplicates included."""
+        return [r for regs in self._by_kind[kind].values() for r in regs]
+
+    def get(self, kind: str, name: str) -> Registered:
+        """The plugin class ``name`` of ``kind``, or a :class:`PluginError` the user can act on.
+
+        ``dist:name`` picks one provider when two distributions provide the same name.
+        """
+        dist, _, short = name.rpartition(":")
+        candidates = self._by_kind[kind].get(short, [])
+        if dist:
+            candidates = [r for r in candidates if r.source.distribution == dist]
+        if not candidates:
+            broken = [s for s in self.sources if s.error and s.entry_point == short]
+            if broken:
+                raise PluginError(
+                    f"{kind} plugin {name!r} failed to load: {broken[0].error} (run `bench plugins` for details)"
+                )
+            installed = ", ".join(self.names(kind)) or "none"
+            raise PluginError(f"unknown {kind} plugin {name!r}; installed {kind}s: {installed}")
+        if len(candidates) > 1:
+            providers = " and ".join(
+                f"{r.source.distribution} (entry point {r.source.entry_point!r} -> {r.source.value})"
+                for r in sorted(candidates, key=lambda r: r.source.distribution)
+            )
+            raise PluginError(
+                f"{kind} name {name!r} is provided by {providers}; qualify it as DIST:{short} or uninstall one"
+            )
+        return candidates[0]
+
+    def duplicates(self) -> list[str]:
+        """One message per name claimed by more than one provider."""
+        out = []
+        for kind in KINDS:
+            for name, regs in sorted(self._by_kind[kind].items()):
+                if len(regs) > 1:
+                    who = ", ".join(sorted(f"{r.source.distribution}:{r.source.entry_point}" for r in regs))
+                    out.append(f"{kind} {name!r} is provided by {who}")
+        return out
+
+
+def _contract_problem(kind: str, cls: Any) -> str | None:
+    missing = [a for a in _REQUIRED_ATTRS[kind] if not hasattr(cls, a)]
+    if missing:
+        return f"{kind} class {getattr(cls, '__name__', cls)!r} lacks {', '.join(missing)}"
+    if int(cls.api_version) != API_VERSION:
+        return f"{kind} {cls.name!r} targets plugin API v{cls.api_version}; this medgen-bench provides v{API_VERSION}"
+    return None
+
+
+def _new_manager() -> pluggy.PluginManager:
+    pm = pluggy.PluginManager(hookspecs.PROJECT)
+    pm.add_hookspecs(hookspecs)
+    return pm
+
+
+def load_registry(only: list[str] | None = None, extra_modules: list[ModuleType] | None = None) -> Registry:
+    """Discover and load plugins.
+
+    Args:
+        only: entry-point names or module paths given with ``-p``. With
+            ``BENCH_DISABLE_PLUGIN_AUTOLOAD=1`` only these are loaded; otherwise they are
+            loaded in addition to every entry point (like pytest's ``-p``).
+        extra_modules: modules to register directly (used by tests).
+    """
+    pm = _new_manager()
+    if os.environ.get("BENCH_TRACE_PLUGINS"):
+        pm.trace.root.setwriter(print)
+        pm.enable_tracing()
+    autoload = os.environ.get("BENCH_DISABLE_PLUGIN_AUTOLOAD", "") in ("", "0")
+    wanted = list(only or [])
+    sources: list[PluginSource] = []
+    for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
+        if not autoload and ep.name not in wanted:
+            continue
+        if ep.name in wanted:
+            wanted.remove(ep.name)
+        dist = ep.dist.name if ep.dist else "(unknown)"
+        source = PluginSource(ep.name, ep.value, dist, ep.dist.version if ep.dist else "")
+        sources.append(source)
+        if pm.get_plugin(ep.name) is not None:
+            source.error = f"entry point name {ep.name!r} is already registered by another distribution"
+            continue
+        try:
+            pm.register(ep.load(), name=ep.name)
+        except Exception as exc:
+            source.error = _short_error(exc)
+    for module_path in wanted:  # `-p some.module` for a plugin without an entry point
+        source = PluginSource(module_path, module_path, "(-p)", "")
+        sources.append(source)
+        try:
+            pm.register(importlib.import_module(module_path), name=module_path)
+        except Exception as exc:
+            source.error = _short_error(exc)
+    for module in extra_modules or []:
+        pm.register(module, name=module.__name__)
+    return Registry(pm, sources)
+
+
+def _short_error(exc: BaseException) -> str:
+    frames = traceback.extract_tb(exc.__traceback__)
+    where = f" ({frames[-1].filename}:{frames[-1].lineno})" if frames else ""
+    return f"{type(exc).__name__}: {exc}{where}"

@@ -1,0 +1,366 @@
+"""The runner: expands a suite into model x dataset x seed cells and runs each one.
+
+A cell builds its dataset and model through the plugin registry, loads or trains the
+model (checkpoint store), evaluates it, and commits its rows to the results store in
+one transaction. A cell that raises, or whose loss stays non-finite, is recorded as
+failed and the others go on; an incompatible pair is recorded as skipped with the
+reason. Finished cells are never redone, so an interrupted suite continues where it
+stopped.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import os
+import shutil
+import time
+import traceback
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bench_core.api import BenchError, merge_config
+from bench_core.plugins import Registry
+from bench_core.suite import DatasetEntry, ModelEntry, Suite
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One model x dataset x seed combination of a suite."""
+
+    model: ModelEntry
+    dataset: DatasetEntry
+    seed: int
+
+    @property
+    def id(self) -> str:
+        """``model/dataset/seedN``: what ``--only``, ``include`` and ``exclude`` match."""
+        return f"{self.model.label}/{self.dataset.label}/seed{self.seed}"
+
+
+class SkipCell(Exception):
+    """Raised inside a cell when the model cannot serve the dataset."""
+
+
+def plan(suite: Suite, only: list[str] | None = None) -> list[Cell]:
+    """The cells of ``suite`` after ``include``/``exclude`` and ``--only`` (glob patterns)."""
+    cells = [Cell(m, d, s) for m in suite.models for d in suite.datasets for s in suite.seeds]
+
+    def keep(cell: Cell) -> bool:
+        if suite.include and not any(fnmatch.fnmatch(cell.id, p) for p in suite.include):
+            return False
+        if any(fnmatch.fnmatch(cell.id, p) for p in suite.exclude):
+            return False
+        return not only or any(fnmatch.fnmatch(cell.id, p) for p in only)
+
+    return [c for c in cells if keep(c)]
+
+
+def cache_dir() -> Path:
+    """Where embedded datasets are written once and reused (``BENCH_CACHE_DIR`` overrides)."""
+    return Path(os.environ.get("BENCH_CACHE_DIR") or Path.home() / ".cache" / "medgen-bench")
+
+
+def embedded_root(cls: type, n: int, seed: int) -> Path:
+    """The folder holding ``cls``'s embedded data of size ``n`` and ``seed``, written on first use."""
+    make = getattr(cls, "make_embedded", None)
+    if make is None:
+        raise BenchError(f"dataset plugin {cls.name!r} cannot synthesise embedded data; give `root:` a data folder")
+    root = cache_dir() / "embedded" / f"{cls.name}-v{cls.version}-n{n}-seed{seed}"
+    if (root / ".complete").exists():
+        return root
+    tmp = root.with_name(f".{root.name}.{os.getpid()}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    make(tmp, n=n, seed=seed)
+    (tmp / ".complete").write_text("ok\n")
+    try:
+        os.replace(tmp, root)
+    except OSError:  # another process finished first; its copy is identical
+        shutil.rmtree(tmp, ignore_errors=True)
+    return root
+
+
+class Runner:
+    """Runs the cells of one suite against one results store."""
+
+    def __init__(
+        self,
+        suite: Suite,
+        registry: Registry,
+        output_dir: Path | None = None,
+        progress: bool = True,
+        argv: list[str] | None = None,
+        log=print,
+    ):
+        self.suite = suite
+        self.registry = registry
+        self.output_dir = Path(output_dir or suite.resolved_output_dir)
+        self.progress = progress
+        self.argv = argv or []
+        self.log = log
+        self._datasets: dict[str, tuple[Any, Any, str]] = {}
+
+    # -- checks before any work --------------------------------------------------------------
+    def preflight(self, cells: list[Cell]) -> None:
+        """Resolve every plugin, config and data folder; fail before any work, naming each problem."""
+        problems = []
+        for entry in {c.model.label: c.model for c in cells}.values():
+            try:
+                cls = self.registry.get("model", entry.plugin).cls
+                self.model_config(cls, entry)
+            except BenchError as exc:
+                problems.append(f"models[{entry.label}]: {exc}")
+            if entry.load is not None and not entry.load.exists():
+                problems.append(f"models[{entry.label}].load: checkpoint file not found: {entry.load}")
+        for entry in {c.dataset.label: c.dataset for c in cells}.values():
+            try:
+                cls = self.registry.get("dataset", entry.plugin).cls
+            except BenchError as exc:
+                problems.append(f"datasets[{entry.label}]: {exc}")
+                continue
+            if not entry.is_embedded and not Path(entry.root).is_dir():
+                hint = getattr(cls, "obtain", "")
+                problems.append(
+                    f"datasets[{entry.label}].root: data folder {entry.root!r} does not exist"
+                    + (f"; {hint}" if hint else "")
+                )
+        for entry in self.suite.metrics:
+            try:
+                self.registry.get("metric", entry.plugin)
+            except BenchError as exc:
+                problems.append(f"metrics[{entry.plugin}]: {exc}")
+        if problems:
+            where = self.suite.source_path or self.suite.name
+            raise BenchError(f"{where}: cannot run this suite:\n" + "\n".join(f"  {p}" for p in problems))
+
+    @staticmethod
+    def model_config(cls: type, entry: ModelEntry) -> dict[str, Any]:
+        """The named config of ``entry`` (or the model's default) merged with its params."""
+        name = entry.config or cls.default_config
+        if name not in cls.configs:
+            raise BenchError(f"model {cls.name!r} has no config {name!r}; configs: {', '.join(sorted(cls.configs))}")
+        try:
+            return merge_config(cls.configs[name], entry.params)
+        except BenchError as exc:
+            raise BenchError(f"params of config {name!r}: {exc}") from None
+
+    def cell_key(self, cell: Cell) -> str:
+        """A stable key of everything that determines a cell's results (resume identity)."""
+        from bench_core.checkpoints import checkpoint_key
+
+        model_cls = self.registry.get("model", cell.model.plugin).cls
+        ds_cls = self.registry.get("dataset", cell.dataset.plugin).cls
+        return checkpoint_key(
+            {
+                "suite": self.suite.name, "model": cell.model.model_dump(mode="json"),
+                "model_version": model_cls.version, "dataset": cell.dataset.model_dump(mode="json"),
+                "dataset_version": ds_cls.version, "seed": cell.seed, "precision": self.suite.precision,
+                "metrics": [m.model_dump(mode="json") for m in self.suite.metrics],
+                "evaluation": self.suite.evaluation.model_dump(mode="json"),
+            }
+        )  # fmt: skip
+
+    # -- running -----------------------------------------------------------------------------
+    def run(self, cells: list[Cell]) -> dict[str, int]:
+        """Run ``cells``; return counts by status (done, failed, skipped, cached, busy)."""
+        from bench_core.provenance import environment
+        from bench_core.store import ResultsStore
+        from bench_core.trainer import resolve_device
+
+        self.preflight(cells)
+        device = resolve_device(self.suite.device)
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        store = ResultsStore(self.output_dir)
+        run_id = time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
+        env = environment(str(device), self.suite.source_path)
+        store.start_run(run_id, self.suite.name, self.suite.source_hash, self.argv, env)
+        (self.output_dir / "suite.yaml").write_text(
+            self.suite.source_path.read_text() if self.suite.source_path else ""
+        )
+        hook = self.registry.pm.hook
+        hook.bench_run_start(suite=self.suite, output_dir=str(self.output_dir))
+        summary = {"done": 0, "failed": 0, "skipped": 0, "cached": 0, "busy": 0}
+        try:
+            for cell in cells:
+                key = self.cell_key(cell)
+                claim = store.claim_cell(key, run_id, self.suite.name, cell.model.label, cell.dataset.label, cell.seed)
+                if claim == "done":
+                    summary["cached"] += 1
+                    self.log(f"= {cell.id}: finished in an earlier run (kept)")
+                    continue
+                if claim == "busy":
+                    summary["busy"] += 1
+                    self.log(f"~ {cell.id}: being run by another process (left to it)")
+                    continue
+                status, reason, details, rows = self._run_cell(cell, key, device, env)
+                written = store.finish_cell(key, status, reason, details, rows)
+                for row in written:
+                    hook.bench_result_written(row=row)
+                summary[status] += 1
+                self.log(_cell_line(cell, status, reason, rows))
+        finally:
+            store.finish_run(run_id)
+            hook.bench_run_end(suite=self.suite, output_dir=str(self.output_dir), summary=summary)
+            store.close()
+        return summary
+
+    def _dataset(self, entry: DatasetEntry) -> tuple[Any, Any, str]:
+        if entry.label not in self._datasets:
+            cls = self.registry.get("dataset", entry.plugin).cls
+            embedded = entry.embedded
+            root = embedded_root(cls, embedded.n, embedded.seed) if entry.is_embedded else Path(entry.root)
+            dataset = cls(root, **entry.options)
+            self._datasets[entry.label] = (dataset, dataset.spec(), dataset.fingerprint())
+        return self._datasets[entry.label]
+
+    def _run_cell(self, cell: Cell, key: str, device, env) -> tuple[str, str | None, dict, list[dict]]:
+        started = time.time()
+        try:
+            rows, details = self._train_and_evaluate(cell, key, device)
+        except SkipCell as exc:
+            return "skipped", str(exc), {}, []
+        except KeyboardInterrupt:
+            raise
+        except BenchError as exc:
+            return "failed", _short(str(exc)), {"error": str(exc)}, []
+        except Exception as exc:
+            tb = traceback.format_exc()
+            return "failed", _short(f"{type(exc).__name__}: {exc}"), {"error": str(exc), "traceback": tb}, []
+        details["seconds"] = time.time() - started
+        for row in rows:
+            row["provenance"] = {
+                **row.get("provenance", {}), "suite_hash": self.suite.source_hash,
+                "git": env["git"], "packages": env["packages"], "device": env["device"],
+            }  # fmt: skip
+        return "done", None, details, rows
+
+    def _train_and_evaluate(self, cell: Cell, key: str, device) -> tuple[list[dict], dict]:
+        from bench_core.checkpoints import TRAIN_STATE, WEIGHTS, checkpoint_key, load_weights, save_weights
+        from bench_core.evaluator import EvalSettings, evaluate, tasks_for
+        from bench_core.trainer import TrainSettings, run_stage, seed_everything
+
+        dataset, spec, fingerprint = self._dataset(cell.dataset)
+        model_reg = self.registry.get("model", cell.model.plugin)
+        model_cls = model_reg.cls
+        if spec.dims not in model_cls.dims:
+            raise SkipCell(
+                f"{model_cls.name} handles {sorted(model_cls.dims)}D data; {cell.dataset.label} is {spec.dims}D"
+            )
+        reason = model_cls.incompatibility(spec)
+        if reason:
+            raise SkipCell(reason)
+        tasks = tasks_for(frozenset(model_cls.capabilities), spec)
+        if not tasks:
+            raise SkipCell(f"{model_cls.name} has no capability usable on {cell.dataset.label}")
+        config = self.model_config(model_cls, cell.model)
+        seed_everything(cell.seed, self.suite.deterministic)
+        model = model_cls(config, spec).to(device)
+        budget = cell.model.budget
+        ckpt = checkpoint_key(
+            {
+                "model": model_cls.name, "version": model_cls.version, "config": config,
+                "data": fingerprint, "spec": [spec.shape, spec.value_range], "seed": cell.seed,
+                "budget": budget.model_dump(mode="json"), "precision": self.suite.precision,
+            }
+        )  # fmt: skip
+        ckdir = self.output_dir / "checkpoints" / ckpt
+        details: dict[str, Any] = {
+            "config": config,
+            "checkpoint": ckpt,
+            "spec": _spec_dict(spec),
+            "stages": [],
+        }
+        rows: list[dict] = []
+        if cell.model.load is not None:
+            load_weights(model, cell.model.load)
+            details["weights"] = f"loaded from {cell.model.load}"
+        elif (ckdir / WEIGHTS).exists():
+            load_weights(model, ckdir / WEIGHTS)
+            details["weights"] = f"checkpoint store {ckpt}"
+        else:
+            train = dataset.split("train")
+            for index, stage in enumerate(model.stages()):
+                stage_budget = budget.for_stage(stage.name)
+                settings = TrainSettings(
+                    device=device, precision=self.suite.precision, seed=cell.seed,
+                    steps=stage_budget.steps, epochs=stage_budget.epochs, batch_size=stage_budget.batch_size,
+                    checkpoint_every=stage_budget.checkpoint_every, progress=self.progress,
+                    label=cell.id,
+                )  # fmt: skip
+                report = run_stage(model, stage, train, settings, ckdir / f"{index:02d}-{TRAIN_STATE}")
+                details["stages"].append(report.__dict__)
+                if report.images_per_second:
+                    rows.append(
+                        {
+                            "task": "train", "metric": f"{stage.name}.images_per_s",
+                            "value": report.images_per_second, "std": None, "n": report.steps,
+                            "higher_is_better": True,
+                            "settings": {"batch_size": settings.batch_size or stage.batch_size,
+                                         "device": str(device), "precision": self.suite.precision,
+                                         "protocol": "wall clock per step, CUDA-synchronised, first step excluded"},
+                            "provenance": {"plugin": "engine"},
+                        }
+                    )  # fmt: skip
+            save_weights(model, ckdir, {"cell": cell.id, "config": config, "fingerprint": fingerprint})
+            for stale in ckdir.glob(f"*-{TRAIN_STATE}"):
+                stale.unlink()
+            details["weights"] = f"trained, saved as checkpoint {ckpt}"
+        ev = self.suite.evaluation
+        cell_dir = self.output_dir / "cells" / _slug(cell.id)
+        outcome = evaluate(
+            model, dataset.split("test"), spec, tasks,
+            {m.plugin: (self.registry.get("metric", m.plugin).cls, m.options) for m in self.suite.metrics},
+            EvalSettings(
+                device=device, precision=self.suite.precision, batch_size=ev.batch_size, n_samples=ev.n_samples,
+                temperature=ev.temperature, grid_size=ev.grid_size, max_items=ev.max_items,
+                save_images=ev.save_images, seed=cell.seed,
+            ),
+            cell_dir,
+        )  # fmt: skip
+        rows += outcome.rows
+        extra = getattr(model, "evaluation_metrics", None)
+        if extra is not None:
+            import torch
+            from torch.utils.data import DataLoader
+
+            with torch.no_grad():
+                values = extra(DataLoader(dataset.split("test"), batch_size=ev.batch_size))
+            for name, value in values.items():
+                rows.append(
+                    {"task": "model", "metric": name, "value": float(value), "std": None, "n": None,
+                     "higher_is_better": None, "settings": {}, "provenance": {"plugin": model_cls.name}}
+                )  # fmt: skip
+        for row in rows:
+            row["provenance"] = {**row.get("provenance", {}), "model_version": model_cls.version,
+                                 "model_dist": model_reg.source.distribution}  # fmt: skip
+        (cell_dir / "eval.json").write_text(json.dumps(outcome.per_file, indent=1))
+        details.update(cell_dir=str(cell_dir.relative_to(self.output_dir)), grids=outcome.grids, notes=outcome.notes)
+        return rows, details
+
+
+def _spec_dict(spec) -> dict[str, Any]:
+    return {
+        "modalities": list(spec.modalities), "channels": list(spec.channels), "dims": spec.dims,
+        "shape": list(spec.shape), "value_range": list(spec.value_range), "splits": dict(spec.split_sizes),
+        "description": spec.description,
+    }  # fmt: skip
+
+
+def _slug(text: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "__" for c in text)
+
+
+def _short(message: str, limit: int = 300) -> str:
+    first = message.strip().splitlines()[0] if message.strip() else message
+    return first if len(first) <= limit else first[: limit - 3] + "..."
+
+
+def _cell_line(cell: Cell, status: str, reason: str | None, rows: list[dict]) -> str:
+    mark = {"done": "✓", "failed": "✗", "skipped": "-"}.get(status, "?")
+    if status != "done":
+        return f"{mark} {cell.id}: {status}: {reason}"
+    shown = [f"{r['task']}.{r['metric']}={r['value']:.4g}" for r in rows if r["metric"] in ("psnr", "ssim")]
+    return f"{mark} {cell.id}: done {' '.join(shown)}"

@@ -1,0 +1,228 @@
+"""Suite files: YAML read with a safe loader and validated with pydantic.
+
+Every error names the file, the key path (``models[0].budget.stepz``) and what was
+expected; an unknown key suggests the nearest valid one.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import typing
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from bench_core.api import BenchError
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Budget(_Strict):
+    """How long each training stage runs: ``steps`` or ``epochs`` (steps win if both)."""
+
+    steps: int | None = Field(default=None, gt=0)
+    epochs: int | None = Field(default=None, gt=0)
+    batch_size: int | None = Field(default=None, gt=0)
+    stages: dict[str, Budget] = Field(default_factory=dict)
+    checkpoint_every: int = Field(default=200, gt=0)
+
+    def for_stage(self, stage: str) -> Budget:
+        """The budget of one stage: its own entry over the suite-wide values."""
+        own = self.stages.get(stage)
+        if own is None:
+            return self
+        return Budget(
+            steps=own.steps if own.steps or own.epochs else self.steps,
+            epochs=own.epochs if own.steps or own.epochs else self.epochs,
+            batch_size=own.batch_size or self.batch_size,
+            checkpoint_every=own.checkpoint_every,
+        )
+
+
+class ModelEntry(_Strict):
+    """A model of the suite: plugin name, named config plus overrides, budget or checkpoint."""
+
+    plugin: str
+    id: str | None = None
+    config: str | None = None
+    params: dict[str, Any] = Field(default_factory=dict)
+    budget: Budget = Field(default_factory=Budget)
+    load: Path | None = None
+
+    @property
+    def label(self) -> str:
+        """Row label in tables: the explicit id, else ``plugin`` or ``plugin-config``."""
+        if self.id:
+            return self.id
+        return f"{self.plugin}-{self.config}" if self.config else self.plugin
+
+
+class EmbeddedData(_Strict):
+    """Size and seed of embedded data a dataset plugin synthesises in its own format."""
+
+    n: int = Field(default=64, gt=0)
+    seed: int = 0
+
+
+class DatasetEntry(_Strict):
+    """A dataset of the suite: plugin, root folder (or ``embedded``) and loader options."""
+
+    plugin: str
+    id: str | None = None
+    root: str
+    embedded: EmbeddedData = Field(default_factory=EmbeddedData)
+    options: dict[str, Any] = Field(default_factory=dict)
+
+    @property
+    def label(self) -> str:
+        """Column/section label: the explicit id, else the plugin name."""
+        return self.id or self.plugin
+
+    @property
+    def is_embedded(self) -> bool:
+        """True when the data is synthesised by the plugin instead of read from disk."""
+        return self.root == "embedded"
+
+
+class MetricEntry(_Strict):
+    """A metric of the suite with its options (e.g. ``preset`` of SSIM)."""
+
+    plugin: str
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class Evaluation(_Strict):
+    """Evaluation settings shared by every cell."""
+
+    batch_size: int = Field(default=16, gt=0)
+    n_samples: int = Field(default=64, gt=0)
+    temperature: float = Field(default=1.0, ge=0)
+    grid_size: int = Field(default=8, gt=0)
+    max_items: int | None = Field(default=None, gt=0)
+    save_images: bool = True
+
+
+class Suite(_Strict):
+    """A benchmark suite: models x datasets x seeds, metrics and run settings."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    description: str = ""
+    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    precision: Literal["fp32", "amp", "bf16"] = "fp32"
+    deterministic: bool = True
+    output_dir: Path | None = None
+    models: list[ModelEntry] = Field(min_length=1)
+    datasets: list[DatasetEntry] = Field(min_length=1)
+    metrics: list[MetricEntry] = Field(min_length=1)
+    evaluation: Evaluation = Field(default_factory=Evaluation)
+    include: list[str] = Field(default_factory=list)
+    exclude: list[str] = Field(default_factory=list)
+
+    # Filled by load_suite, not by the YAML.
+    source_path: Path | None = Field(default=None, exclude=True)
+    source_hash: str = Field(default="", exclude=True)
+
+    @field_validator("metrics", mode="before")
+    @classmethod
+    def _metric_shorthand(cls, value: Any) -> Any:
+        # `metrics: [psnr, ssim]` is the common case; expand plain names.
+        if isinstance(value, list):
+            return [{"plugin": v} if isinstance(v, str) else v for v in value]
+        return value
+
+    @model_validator(mode="after")
+    def _unique_labels(self) -> Suite:
+        for what, labels in (
+            ("models", [m.label for m in self.models]),
+            ("datasets", [d.label for d in self.datasets]),
+        ):
+            dup = sorted({x for x in labels if labels.count(x) > 1})
+            if dup:
+                raise ValueError(f"{what} labels must be unique; repeated: {', '.join(dup)} (set `id:`)")
+        return self
+
+    @property
+    def resolved_output_dir(self) -> Path:
+        """Where results go: ``output_dir`` or ``reports/<name>``."""
+        return self.output_dir or Path("reports") / self.name
+
+
+def load_suite(path: str | Path) -> Suite:
+    """Read and validate a suite file; raise :class:`BenchError` naming file, key and expectation."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise BenchError(f"suite file not found: {path}") from None
+    except OSError as exc:
+        raise BenchError(f"cannot read suite file {path}: {exc}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise BenchError(f"{path}: malformed YAML{where}: {problem}") from None
+    if not isinstance(data, dict):
+        raise BenchError(f"{path}: expected a mapping of suite keys at the top level, got {type(data).__name__}")
+    try:
+        suite = Suite.model_validate(data)
+    except ValidationError as exc:
+        raise BenchError(f"{path}: invalid suite\n" + "\n".join(_describe(e) for e in exc.errors())) from None
+    suite.source_path = path
+    suite.source_hash = hashlib.sha256(text.encode()).hexdigest()[:16]
+    return suite
+
+
+def _describe(error: dict[str, Any]) -> str:
+    loc = error["loc"]
+    key_path = _format_loc(loc)
+    if error["type"] == "extra_forbidden":
+        valid = _fields_at(Suite, loc[:-1])
+        hint = difflib.get_close_matches(str(loc[-1]), valid, n=1)
+        suggestion = f"; did you mean {hint[0]!r}?" if hint else ""
+        return f"  {key_path}: unknown key{suggestion} (valid keys: {', '.join(valid)})"
+    if error["type"] == "missing":
+        return f"  {key_path}: required key is missing"
+    got = error.get("input")
+    got_text = f" (got {got!r})" if got is not None and not isinstance(got, (dict, list)) else ""
+    return f"  {key_path}: {error['msg']}{got_text}"
+
+
+def _format_loc(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "(top level)"
+
+
+def _fields_at(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
+    """The valid keys of the pydantic model reached by following ``loc`` from ``model``."""
+    current: Any = model
+    for part in loc:
+        if isinstance(part, int) or current is None:
+            continue
+        field = current.model_fields.get(part) if hasattr(current, "model_fields") else None
+        if field is None:  # a key of a dict-valued field (e.g. a stage name): stay on the model
+            continue
+        current = _model_in(field.annotation)
+    if current is None or not hasattr(current, "model_fields"):
+        return []
+    return [name for name, f in current.model_fields.items() if not f.exclude]
+
+
+def _model_in(annotation: Any) -> Any:
+    """The BaseModel class inside an annotation like ``list[ModelEntry]`` or ``Budget | None``."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in typing.get_args(annotation):
+        found = _model_in(arg)
+        if found is not None:
+            return found
+    return None

@@ -1,0 +1,341 @@
+"""The engine's training loop: models declare stages, the engine runs them.
+
+The loop owns device placement, precision (autocast, with a gradient scaler for fp16 on
+CUDA), gradient clipping, update skipping with a counter and a cap on consecutive skips,
+EMA weights, seeding, periodic atomic checkpoints, resume after a kill, progress bars
+and the loss curves stored for the report.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from bench_core.api import BenchError, OptimizerSpec, TrainingStage
+from bench_core.checkpoints import load_train_state, save_train_state
+
+MAX_CURVE_POINTS = 200
+
+
+class TrainingDiverged(BenchError):
+    """The loss or gradients stayed non-finite (or over the skip threshold) too long."""
+
+
+@dataclass
+class TrainSettings:
+    """How the engine runs one stage (resolved from the suite and the stage's defaults)."""
+
+    device: torch.device
+    precision: str = "fp32"  # fp32 | amp (fp16 + scaler on CUDA) | bf16
+    seed: int = 0
+    steps: int | None = None
+    epochs: int | None = None
+    batch_size: int | None = None
+    checkpoint_every: int = 200
+    max_consecutive_skips: int = 10
+    num_workers: int = 0
+    progress: bool = True
+    label: str = ""
+
+
+@dataclass
+class StageReport:
+    """What happened in one stage: steps, skips, time, throughput and curves."""
+
+    stage: str
+    steps: int
+    skipped: int
+    seconds: float
+    images_per_second: float | None
+    curve: list[dict[str, float]] = field(default_factory=list)
+    resumed_from: int = 0
+
+
+def seed_everything(seed: int, deterministic: bool = True) -> None:
+    """Seed python, numpy and torch; ask for deterministic kernels where they exist."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` picks CUDA when available; asking for CUDA without one is an error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise BenchError("suite asks for device: cuda but torch sees no CUDA device (use auto or cpu)")
+    return torch.device(name)
+
+
+class EpochSampler(Sampler[int]):
+    """A seeded permutation per epoch that can start mid-epoch, so resume replays exactly."""
+
+    def __init__(self, n: int, seed: int, epoch: int = 0, start: int = 0):
+        self.n, self.seed, self.epoch, self.start = n, seed, epoch, start
+
+    def __iter__(self) -> Iterator[int]:
+        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        return iter(torch.randperm(self.n, generator=g)[self.start :].tolist())
+
+    def __len__(self) -> int:
+        return self.n - self.start
+
+
+def build_optimizer(spec: OptimizerSpec, params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
+    """The torch optimiser named by ``spec``."""
+    kinds = {
+        "adam": lambda: torch.optim.Adam(params, lr=spec.lr, betas=spec.betas, weight_decay=spec.weight_decay),
+        "adamw": lambda: torch.optim.AdamW(params, lr=spec.lr, betas=spec.betas, weight_decay=spec.weight_decay),
+        "adamax": lambda: torch.optim.Adamax(params, lr=spec.lr, betas=spec.betas, weight_decay=spec.weight_decay),
+        "sgd": lambda: torch.optim.SGD(params, lr=spec.lr, momentum=spec.betas[0], weight_decay=spec.weight_decay),
+    }
+    if spec.name not in kinds:
+        raise BenchError(f"unknown optimizer {spec.name!r}; expected one of {', '.join(kinds)}")
+    return kinds[spec.name]()
+
+
+def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    """Move the tensors of a collated batch to ``device``."""
+    return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+
+def autocast(device: torch.device, precision: str) -> torch.autocast:
+    """The autocast context for ``precision`` (fp32 disables it)."""
+    if precision == "amp" and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.float16)
+    if precision in ("bf16", "amp"):
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return torch.autocast(device.type, enabled=False)
+
+
+def _rng_state() -> dict[str, Any]:
+    np_state = np.random.get_state()
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": torch.from_numpy(np_state[1].astype(np.int64)),
+        "numpy_pos": int(np_state[2]),
+        "python": list(random.getstate()[1]),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(("MT19937", state["numpy"].numpy().astype(np.uint32), state["numpy_pos"], 0, 0.0))
+    random.setstate((3, tuple(state["python"]), None))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class _Curve:
+    """Running means of the loss terms, flushed every ``every`` steps as one curve point."""
+
+    def __init__(self, total_steps: int, points: list[dict[str, float]]):
+        self.every = max(1, total_steps // MAX_CURVE_POINTS)
+        self.points = points
+        self._sums: dict[str, float] = {}
+        self._count = 0
+
+    def add(self, step: int, values: dict[str, float]) -> None:
+        for k, v in values.items():
+            self._sums[k] = self._sums.get(k, 0.0) + v
+        self._count += 1
+        if step % self.every == 0:
+            self.points.append({"step": step, **{k: v / self._count for k, v in self._sums.items()}})
+            self._sums, self._count = {}, 0
+
+
+def run_stage(
+    model: torch.nn.Module,
+    stage: TrainingStage,
+    dataset: Dataset,
+    settings: TrainSettings,
+    state_path: Path,
+) -> StageReport:
+    """Train ``model`` through one stage, resuming from ``state_path`` if it holds this stage."""
+    device = settings.device
+    batch_size = settings.batch_size or stage.batch_size
+    n = len(dataset)  # type: ignore[arg-type]
+    if n == 0:
+        raise BenchError(f"stage {stage.name!r}: the training split is empty")
+    drop_last = n > batch_size
+    per_epoch = n // batch_size if drop_last else 1
+    total = settings.steps or (settings.epochs * per_epoch if settings.epochs else stage.default_steps)
+
+    frozen = list(stage.frozen() if stage.frozen else [])
+    frozen_grad = [(p, p.requires_grad) for m in frozen for p in m.parameters()]
+    for p, _ in frozen_grad:
+        p.requires_grad_(False)
+    params = [p for p in stage.parameters() if p.requires_grad]
+    if not params:
+        raise BenchError(f"stage {stage.name!r} has no trainable parameters")
+    optimizer = build_optimizer(stage.optimizer, params)
+    scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and settings.precision == "amp")
+    ema = [p.detach().clone() for p in params] if stage.ema_decay else None
+
+    step, skipped, curve_points = 0, 0, []
+    saved = load_train_state(state_path)
+    if saved is not None and saved.get("stage") == stage.name:
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        scaler.load_state_dict(saved["scaler"])
+        if ema is not None and saved.get("ema") is not None:
+            for e, s in zip(ema, saved["ema"], strict=True):
+                e.copy_(s)
+        step, skipped, curve_points = saved["step"], saved["skipped"], saved["curve"]
+        _set_rng_state(saved["rng"])
+    resumed_from = step
+
+    def checkpoint() -> None:
+        save_train_state(
+            state_path,
+            {
+                "stage": stage.name, "step": step, "skipped": skipped, "curve": curve_points,
+                "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
+                "ema": ema, "rng": _rng_state(),
+            },
+        )  # fmt: skip
+
+    curve = _Curve(total, curve_points)
+    model.train()
+    for m in frozen:
+        m.eval()
+    consecutive = 0
+    timed_images, timed_seconds = 0, 0.0
+    started = time.perf_counter()
+    with _progress(settings, stage.name, total, step) as advance:
+        while step < total:
+            epoch, offset = divmod(step, per_epoch)
+            loader = DataLoader(
+                dataset,
+                batch_size=batch_size,
+                sampler=EpochSampler(n, settings.seed, epoch, offset * batch_size),
+                drop_last=drop_last,
+                num_workers=settings.num_workers,
+                pin_memory=device.type == "cuda",
+            )
+            for batch in loader:
+                t0 = time.perf_counter()
+                batch = to_device(batch, device)
+                with autocast(device, settings.precision):
+                    out = stage.loss(batch)
+                loss = out["loss"]
+                ok = bool(torch.isfinite(loss))
+                if ok:
+                    optimizer.zero_grad(set_to_none=True)
+                    scaler.scale(loss).backward()
+                    scaler.unscale_(optimizer)
+                    limit = stage.grad_clip if stage.grad_clip is not None else math.inf
+                    norm = torch.nn.utils.clip_grad_norm_(params, limit)
+                    ok = bool(torch.isfinite(norm)) and (
+                        stage.skip_threshold is None or float(norm) < stage.skip_threshold
+                    )
+                if ok:
+                    scaler.step(optimizer)
+                    scaler.update()
+                    if ema is not None:
+                        with torch.no_grad():
+                            for e, p in zip(ema, params, strict=True):
+                                e.lerp_(p.detach(), 1.0 - stage.ema_decay)
+                    consecutive = 0
+                else:
+                    optimizer.zero_grad(set_to_none=True)
+                    skipped += 1
+                    consecutive += 1
+                    if consecutive > settings.max_consecutive_skips:
+                        raise TrainingDiverged(
+                            f"stage {stage.name!r}: loss {float(loss.detach()):.4g} at step {step}; "
+                            f"{consecutive} consecutive updates skipped (non-finite loss or gradient"
+                            f"{' or norm over ' + str(stage.skip_threshold) if stage.skip_threshold else ''})"
+                        )
+                step += 1
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                if step > resumed_from + 1:  # the first step pays for warm-up; leave it out
+                    timed_seconds += time.perf_counter() - t0
+                    timed_images += _batch_len(batch)
+                values = {k: float(v.detach()) for k, v in out.items() if torch.is_tensor(v) and v.numel() == 1}
+                if ok:
+                    curve.add(step, values)
+                advance(values.get("loss", float("nan")))
+                if step % settings.checkpoint_every == 0 and step < total:
+                    checkpoint()
+                if step >= total:
+                    break
+    checkpoint()
+    for p, flag in frozen_grad:
+        p.requires_grad_(flag)
+    if ema is not None:
+        with torch.no_grad():
+            for e, p in zip(ema, params, strict=True):
+                p.copy_(e)
+    return StageReport(
+        stage=stage.name,
+        steps=step,
+        skipped=skipped,
+        seconds=time.perf_counter() - started,
+        images_per_second=timed_images / timed_seconds if timed_seconds > 0 else None,
+        curve=curve_points,
+        resumed_from=resumed_from,
+    )
+
+
+def _batch_len(batch: dict[str, Any]) -> int:
+    for v in batch.values():
+        if torch.is_tensor(v):
+            return int(v.shape[0])
+    return 0
+
+
+class _progress:
+    """A rich progress bar for one stage (a no-op when progress is off)."""
+
+    def __init__(self, settings: TrainSettings, stage: str, total: int, done: int):
+        self.enabled = settings.progress
+        self.description = f"{settings.label} {stage}".strip()
+        self.total, self.done = total, done
+
+    def __enter__(self):
+        if not self.enabled:
+            return lambda loss: None
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TaskProgressColumn,
+            TextColumn,
+            TimeRemainingColumn,
+        )
+
+        self._bar = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("loss {task.fields[loss]:.4g}"),
+            TaskProgressColumn(show_speed=True),
+            TimeRemainingColumn(),
+            transient=True,
+        )
+        self._bar.__enter__()
+        task = self._bar.add_task(self.description, total=self.total, completed=self.done, loss=float("nan"))
+        return lambda loss: self._bar.update(task, advance=1, loss=loss)
+
+    def __exit__(self, *exc: object) -> None:
+        if self.enabled:
+            self._bar.__exit__(*exc)
