@@ -14,8 +14,17 @@ import numpy as np
 import torch
 from torch import nn
 
-from bench_core.api import API_VERSION, RECONSTRUCT, SAMPLE, TRANSLATE, DataError, DataSpec, MetricValue
-from bench_core.api import OptimizerSpec, TrainingStage
+from bench_core.api import (
+    API_VERSION,
+    RECONSTRUCT,
+    SAMPLE,
+    TRANSLATE,
+    DataError,
+    DataSpec,
+    MetricValue,
+    OptimizerSpec,
+    TrainingStage,
+)
 from bench_core.hookspecs import hookimpl
 
 SIZES = {"train": 48, "val": 8, "test": 12}

@@ -46,7 +46,9 @@ def test_run_report_and_rerun_keeps_finished_cells(run_bench, write_suite, tmp_p
         assert ("toy-ae", "toy-paired", task, "mae") in tasks
     assert ("toy-ae", "toy", "train", "ae.images_per_s") in tasks
     assert ("toy-ae", "toy", "model", "pid") in tasks
-    mae = next(r for r in results if (r["model"], r["dataset"], r["task"], r["metric"]) == ("toy-ae", "toy", "recon", "mae"))
+    mae = next(
+        r for r in results if (r["model"], r["dataset"], r["task"], r["metric"]) == ("toy-ae", "toy", "recon", "mae")
+    )
     assert mae["n"] == 12 and 0 <= mae["value"] < 1
     provenance = json.loads(mae["provenance"])
     assert provenance["suite_hash"] and provenance["device"] == "cpu" and "packages" in provenance
@@ -125,3 +127,32 @@ def test_export_formats_and_report_rebuild(run_bench, write_suite, tmp_path):
     assert set(frame["metric"]) >= {"mae", "mean-gap"}
     missing = run_bench("report", str(tmp_path / "nowhere"))
     assert missing.returncode == 2 and "no results store" in missing.stderr
+
+
+def test_checkpoint_store_and_load_path(run_bench, write_suite, tmp_path):
+    path = write_suite(toy_suite())
+    assert run_bench("run", str(path), "--no-report").returncode == 0
+    out = tmp_path / "reports" / "toy"
+    (out / "results.sqlite").unlink()  # results lost, weights kept: the second run must not train
+    for extra in ("results.sqlite-wal", "results.sqlite-shm"):
+        (out / extra).unlink(missing_ok=True)
+    again = run_bench("run", str(path), "--no-report")
+    assert again.returncode == 0, again.stderr
+    _, cells = rows(out)
+    details = json.loads(cells[0]["details"])
+    assert details["weights"].startswith("checkpoint store") and details["stages"] == []
+
+    weights = next(out.glob("checkpoints/*/model.safetensors"))
+    loaded = write_suite(toy_suite(name="toy-loaded", models=[{"plugin": "toy-ae", "load": str(weights)}]), "l.yaml")
+    result = run_bench("run", str(loaded), "--no-report")
+    assert result.returncode == 0, result.stderr
+    _, cells = rows(tmp_path / "reports" / "toy-loaded")
+    assert json.loads(cells[0]["details"])["weights"] == f"loaded from {weights}"
+
+    mismatched = write_suite(
+        toy_suite(name="toy-bad", models=[{"plugin": "toy-ae", "params": {"width": 4}, "load": str(weights)}]), "b.yaml"
+    )
+    bad = run_bench("run", str(mismatched), "--no-report")
+    assert bad.returncode == 1
+    _, cells = rows(tmp_path / "reports" / "toy-bad")
+    assert cells[0]["status"] == "failed" and "does not match the model" in cells[0]["reason"]

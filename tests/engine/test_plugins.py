@@ -44,7 +44,9 @@ def bench(args, env_extra, tmp_path, monkeypatch_env=None):
 
     env = dict(os.environ)
     env.update(env_extra)
-    return subprocess.run([sys.executable, "-m", "bench_core", *args], capture_output=True, text=True, env=env, cwd=tmp_path)
+    return subprocess.run(
+        [sys.executable, "-m", "bench_core", *args], capture_output=True, text=True, env=env, cwd=tmp_path
+    )
 
 
 def test_builtins_come_from_entry_points():
@@ -104,7 +106,11 @@ def test_api_version_mismatch_is_reported(tmp_path):
 
 
 def test_help_is_fast_and_does_not_import_torch():
-    code = "import sys, runpy; sys.argv=['bench','--help'];\ntry:\n runpy.run_module('bench_core', run_name='__main__')\nexcept SystemExit: pass\nprint('TORCH' if 'torch' in sys.modules else 'NO-TORCH')"
+    code = (
+        "import sys, runpy\nsys.argv = ['bench', '--help']\n"
+        "try:\n    runpy.run_module('bench_core', run_name='__main__')\nexcept SystemExit:\n    pass\n"
+        "print('TORCH' if 'torch' in sys.modules else 'NO-TORCH')"
+    )
     t0 = time.perf_counter()
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     elapsed = time.perf_counter() - t0

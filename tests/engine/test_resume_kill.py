@@ -12,7 +12,9 @@ from toy_suites import toy_suite
 
 def test_sigkill_then_resume(bench_env, write_suite, tmp_path):
     # Slow steps (sleep in the loss) so the kill lands mid-training after a checkpoint.
-    suite = toy_suite(models=[{"plugin": "toy-ae", "params": {"sleep": 0.05}, "budget": {"steps": 120, "checkpoint_every": 10}}])
+    suite = toy_suite(
+        models=[{"plugin": "toy-ae", "params": {"sleep": 0.05}, "budget": {"steps": 120, "checkpoint_every": 10}}]
+    )
     path = write_suite(suite)
     cmd = [sys.executable, "-m", "bench_core", "-p", "fakeplugins", "run", str(path), "--no-report"]
     proc = subprocess.Popen(cmd, cwd=tmp_path, env=bench_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
