@@ -20,7 +20,25 @@ def _registry(args: argparse.Namespace):
     return load_registry(only=args.plugin)
 
 
+def _without_nproc(argv: list[str]) -> list[str]:
+    out, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--nproc":
+            skip = True
+        elif not arg.startswith("--nproc="):
+            out.append(arg)
+    return out
+
+
 def cmd_run(args: argparse.Namespace) -> int:
+    import os
+
+    if args.nproc > 1 and "WORLD_SIZE" not in os.environ:
+        from bench_core.distributed import launch
+
+        return launch(args.nproc, _without_nproc(sys.argv[1:]))
     from bench_core.runner import Runner, plan
     from bench_core.suite import load_suite
 
@@ -44,7 +62,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     if not cells:
         print("no cells match the suite's include/exclude and --only filters", file=sys.stderr)
         return EXIT_ERROR
-    summary = runner.run(cells)
+    from bench_core import distributed as ddp
+
+    try:
+        summary = runner.run(cells)
+        main = ddp.is_main()  # read before leaving the process group, which resets the rank
+    finally:
+        ddp.shutdown()
+    if not main:
+        return EXIT_OK
     if not args.no_report:
         from bench_core.report.html import build_report
 
@@ -121,6 +147,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--output", type=Path, help="output directory (default: the suite's output_dir)")
     run.add_argument("--no-progress", action="store_true", help="no progress bars")
     run.add_argument("--no-report", action="store_true", help="do not render the HTML report")
+    run.add_argument(
+        "--nproc", type=int, default=1, metavar="N",
+        help="train with N data-parallel processes on this node (launches torchrun; multi-node: see README)",
+    )  # fmt: skip
     run.set_defaults(func=cmd_run)
 
     plugins = sub.add_parser("plugins", help="list plugins, what they provide and load errors")

@@ -165,47 +165,68 @@ class Runner:
 
     # -- running -----------------------------------------------------------------------------
     def run(self, cells: list[Cell]) -> dict[str, int]:
-        """Run ``cells``; return counts by status (done, failed, skipped, cached, busy)."""
+        """Run ``cells``; return counts by status (done, failed, skipped, cached, busy).
+
+        Under torchrun every rank trains each cell; rank 0 alone claims cells, evaluates,
+        and writes files and rows, and broadcasts its decisions to the others.
+        """
+        from bench_core import distributed as ddp
         from bench_core.provenance import environment
         from bench_core.store import ResultsStore
         from bench_core.trainer import resolve_device
 
         self.preflight(cells)
-        device = resolve_device(self.suite.device)
-        self.output_dir.mkdir(parents=True, exist_ok=True)
-        store = ResultsStore(self.output_dir)
-        run_id = time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
-        env = environment(str(device), self.suite.source_path)
-        store.start_run(run_id, self.suite.name, self.suite.source_hash, self.argv, env)
-        (self.output_dir / "suite.yaml").write_text(
-            self.suite.source_path.read_text() if self.suite.source_path else ""
-        )
-        hook = self.registry.pm.hook
-        hook.bench_run_start(suite=self.suite, output_dir=str(self.output_dir))
+        device = ddp.init_from_env(self.suite.device) or resolve_device(self.suite.device)
+        main = ddp.is_main()
+        run_id = ddp.broadcast_object(time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6])
+        env = {**environment(str(device), self.suite.source_path), "world_size": ddp.world_size()}
+        store = None
+        if main:
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+            store = ResultsStore(self.output_dir)
+            store.start_run(run_id, self.suite.name, self.suite.source_hash, self.argv, env)
+            source = self.suite.source_path
+            (self.output_dir / "suite.yaml").write_text(source.read_text() if source else "")
+            self.registry.pm.hook.bench_run_start(suite=self.suite, output_dir=str(self.output_dir))
         summary = {"done": 0, "failed": 0, "skipped": 0, "cached": 0, "busy": 0}
         try:
             for cell in cells:
                 key = self.cell_key(cell)
-                claim = store.claim_cell(key, run_id, self.suite.name, cell.model.label, cell.dataset.label, cell.seed)
-                if claim == "done":
-                    summary["cached"] += 1
-                    self.log(f"= {cell.id}: finished in an earlier run (kept)")
-                    continue
-                if claim == "busy":
-                    summary["busy"] += 1
-                    self.log(f"~ {cell.id}: being run by another process (left to it)")
+                claim = None
+                if store is not None:
+                    claim = store.claim_cell(
+                        key, run_id, self.suite.name, cell.model.label, cell.dataset.label, cell.seed
+                    )
+                claim = ddp.broadcast_object(claim)
+                if claim in ("done", "busy"):
+                    summary["cached" if claim == "done" else "busy"] += 1
+                    what = "finished in an earlier run (kept)" if claim == "done" else "run by another process"
+                    self.log(f"{'=' if claim == 'done' else '~'} {cell.id}: {what}")
                     continue
                 status, reason, details, rows = self._run_cell(cell, key, device, env)
-                written = store.finish_cell(key, status, reason, details, rows)
-                for row in written:
-                    hook.bench_result_written(row=row)
+                ddp.barrier()  # the other ranks wait while rank 0 evaluates
                 summary[status] += 1
-                self.log(_cell_line(cell, status, reason, rows))
+                if store is not None:
+                    for row in store.finish_cell(key, status, reason, details, rows):
+                        self.registry.pm.hook.bench_result_written(row=row)
+                    self.log(_cell_line(cell, status, reason, rows))
         finally:
-            store.finish_run(run_id)
-            hook.bench_run_end(suite=self.suite, output_dir=str(self.output_dir), summary=summary)
-            store.close()
+            if store is not None:
+                store.finish_run(run_id)
+                self.registry.pm.hook.bench_run_end(suite=self.suite, output_dir=str(self.output_dir), summary=summary)
+                store.close()
         return summary
+
+    @staticmethod
+    def _failure() -> tuple[str, str, dict, list]:
+        """The failed-cell record of the exception being handled."""
+        import sys
+
+        exc = sys.exc_info()[1]
+        if isinstance(exc, BenchError):
+            return "failed", _short(str(exc)), {"error": str(exc)}, []
+        tb = traceback.format_exc()
+        return "failed", _short(f"{type(exc).__name__}: {exc}"), {"error": str(exc), "traceback": tb}, []
 
     def _dataset(self, entry: DatasetEntry) -> tuple[Any, Any, str]:
         if entry.label not in self._datasets:
@@ -217,18 +238,22 @@ class Runner:
         return self._datasets[entry.label]
 
     def _run_cell(self, cell: Cell, key: str, device, env) -> tuple[str, str | None, dict, list[dict]]:
+        from bench_core import distributed as ddp
+        from bench_core.trainer import TrainingDiverged
+
         started = time.time()
         try:
             rows, details = self._train_and_evaluate(cell, key, device)
         except SkipCell as exc:
             return "skipped", str(exc), {}, []
-        except KeyboardInterrupt:
-            raise
-        except BenchError as exc:
+        except TrainingDiverged as exc:  # decided on all ranks at once, so it is safe to record
             return "failed", _short(str(exc)), {"error": str(exc)}, []
-        except Exception as exc:
-            tb = traceback.format_exc()
-            return "failed", _short(f"{type(exc).__name__}: {exc}"), {"error": str(exc), "traceback": tb}, []
+        except Exception:
+            # Under torchrun an error on one rank would leave the others blocked in a collective:
+            # crash this rank instead, so torchrun stops them all; the cell is retried on re-run.
+            if ddp.world_size() > 1:
+                raise
+            return self._failure()
         details["seconds"] = time.time() - started
         for row in rows:
             row["provenance"] = {
@@ -238,6 +263,7 @@ class Runner:
         return "done", None, details, rows
 
     def _train_and_evaluate(self, cell: Cell, key: str, device) -> tuple[list[dict], dict]:
+        from bench_core import distributed as ddp
         from bench_core.checkpoints import TRAIN_STATE, WEIGHTS, checkpoint_key, load_weights, save_weights
         from bench_core.evaluator import EvalSettings, evaluate, tasks_for
         from bench_core.trainer import TrainSettings, run_stage, seed_everything
@@ -304,10 +330,13 @@ class Runner:
                             "provenance": {"plugin": "engine"},
                         }
                     )  # fmt: skip
-            save_weights(model, ckdir, {"cell": cell.id, "config": config, "fingerprint": fingerprint})
-            for stale in ckdir.glob(f"*-{TRAIN_STATE}"):
-                stale.unlink()
+            if ddp.is_main():
+                save_weights(model, ckdir, {"cell": cell.id, "config": config, "fingerprint": fingerprint})
+                for stale in ckdir.glob(f"*-{TRAIN_STATE}"):
+                    stale.unlink()
             details["weights"] = f"trained, saved as checkpoint {ckpt}"
+        if not ddp.is_main():
+            return [], details
         ev = self.suite.evaluation
         cell_dir = self.output_dir / "cells" / _slug(cell.id)
         outcome = evaluate(

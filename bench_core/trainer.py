@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from bench_core import distributed as ddp
 from bench_core.api import BenchError, OptimizerSpec, TrainingStage
 from bench_core.checkpoints import load_train_state, save_train_state
 
@@ -82,17 +83,24 @@ def resolve_device(name: str) -> torch.device:
 
 
 class EpochSampler(Sampler[int]):
-    """A seeded permutation per epoch that can start mid-epoch, so resume replays exactly."""
+    """A seeded permutation per epoch that can start mid-epoch, so resume replays exactly.
 
-    def __init__(self, n: int, seed: int, epoch: int = 0, start: int = 0):
+    With ``world > 1`` each rank takes every ``world``-th index of the same permutation
+    (truncated to a multiple of ``world`` so ranks run the same number of steps), as
+    torch's DistributedSampler does.
+    """
+
+    def __init__(self, n: int, seed: int, epoch: int = 0, start: int = 0, rank: int = 0, world: int = 1):
         self.n, self.seed, self.epoch, self.start = n, seed, epoch, start
+        self.rank, self.world = rank, world
 
     def __iter__(self) -> Iterator[int]:
         g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-        return iter(torch.randperm(self.n, generator=g)[self.start :].tolist())
+        perm = torch.randperm(self.n, generator=g)[: self.n // self.world * self.world]
+        return iter(perm[self.rank :: self.world][self.start :].tolist())
 
     def __len__(self) -> int:
-        return self.n - self.start
+        return self.n // self.world - self.start
 
 
 def build_optimizer(spec: OptimizerSpec, params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
@@ -172,10 +180,12 @@ def run_stage(
     device = settings.device
     batch_size = settings.batch_size or stage.batch_size
     n = len(dataset)  # type: ignore[arg-type]
-    if n == 0:
-        raise BenchError(f"stage {stage.name!r}: the training split is empty")
-    drop_last = n > batch_size
-    per_epoch = n // batch_size if drop_last else 1
+    world, rank = ddp.world_size(), ddp.rank()
+    if n // world == 0:
+        raise BenchError(f"stage {stage.name!r}: the training split is empty (or smaller than {world} ranks)")
+    n_local = n // world
+    drop_last = n_local > batch_size
+    per_epoch = n_local // batch_size if drop_last else 1
     total = settings.steps or (settings.epochs * per_epoch if settings.epochs else stage.default_steps)
 
     frozen = list(stage.frozen() if stage.frozen else [])
@@ -200,9 +210,13 @@ def run_stage(
                 e.copy_(s)
         step, skipped, curve_points = saved["step"], saved["skipped"], saved["curve"]
         _set_rng_state(saved["rng"])
+    else:
+        ddp.broadcast_module(model)  # every rank starts from rank 0's initialisation
     resumed_from = step
 
     def checkpoint() -> None:
+        if not ddp.is_main():
+            return
         save_train_state(
             state_path,
             {
@@ -219,13 +233,14 @@ def run_stage(
     consecutive = 0
     timed_images, timed_seconds = 0, 0.0
     started = time.perf_counter()
-    with _progress(settings, stage.name, total, step) as advance:
+    show = settings.progress and ddp.is_main()
+    with _progress(show, f"{settings.label} {stage.name}".strip(), total, step) as advance:
         while step < total:
             epoch, offset = divmod(step, per_epoch)
             loader = DataLoader(
                 dataset,
                 batch_size=batch_size,
-                sampler=EpochSampler(n, settings.seed, epoch, offset * batch_size),
+                sampler=EpochSampler(n, settings.seed, epoch, offset * batch_size, rank, world),
                 drop_last=drop_last,
                 num_workers=settings.num_workers,
                 pin_memory=device.type == "cuda",
@@ -236,10 +251,11 @@ def run_stage(
                 with autocast(device, settings.precision):
                     out = stage.loss(batch)
                 loss = out["loss"]
-                ok = bool(torch.isfinite(loss))
+                ok = ddp.all_true(bool(torch.isfinite(loss)), device)  # all ranks take the same branch
                 if ok:
                     optimizer.zero_grad(set_to_none=True)
                     scaler.scale(loss).backward()
+                    ddp.average_gradients(params)
                     scaler.unscale_(optimizer)
                     limit = stage.grad_clip if stage.grad_clip is not None else math.inf
                     norm = torch.nn.utils.clip_grad_norm_(params, limit)
@@ -269,7 +285,7 @@ def run_stage(
                     torch.cuda.synchronize(device)
                 if step > resumed_from + 1:  # the first step pays for warm-up; leave it out
                     timed_seconds += time.perf_counter() - t0
-                    timed_images += _batch_len(batch)
+                    timed_images += _batch_len(batch) * world
                 values = {k: float(v.detach()) for k, v in out.items() if torch.is_tensor(v) and v.numel() == 1}
                 if ok:
                     curve.add(step, values)
@@ -279,6 +295,7 @@ def run_stage(
                 if step >= total:
                     break
     checkpoint()
+    ddp.broadcast_module(model)  # buffers (batch-norm statistics) follow rank 0
     for p, flag in frozen_grad:
         p.requires_grad_(flag)
     if ema is not None:
@@ -306,9 +323,8 @@ def _batch_len(batch: dict[str, Any]) -> int:
 class _progress:
     """A rich progress bar for one stage (a no-op when progress is off)."""
 
-    def __init__(self, settings: TrainSettings, stage: str, total: int, done: int):
-        self.enabled = settings.progress
-        self.description = f"{settings.label} {stage}".strip()
+    def __init__(self, enabled: bool, description: str, total: int, done: int):
+        self.enabled, self.description = enabled, description
         self.total, self.done = total, done
 
     def __enter__(self):

@@ -91,7 +91,7 @@ class ToyAE(nn.Module):
     api_version = API_VERSION
     capabilities = frozenset({RECONSTRUCT, TRANSLATE, SAMPLE})
     dims = frozenset({2})
-    configs = {"small": {"width": 8, "lr": 3e-3, "nan_loss": False, "steps": 30, "sleep": 0.0}}
+    configs = {"small": {"width": 8, "lr": 3e-3, "nan_loss": False, "steps": 30, "sleep": 0.0, "crash_rank": -1}}
     default_config = "small"
 
     def __init__(self, config, spec: DataSpec):
@@ -124,6 +124,9 @@ class ToyAE(nn.Module):
             import time
 
             time.sleep(self.config["sleep"])
+        rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else -1
+        if rank == self.config["crash_rank"]:
+            raise RuntimeError(f"rank {rank} crashed on purpose")
         x = batch[self.spec.modalities[0]]
         loss = nn.functional.mse_loss(self(x), x)
         if self.spec.paired:

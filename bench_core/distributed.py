@@ -1,0 +1,123 @@
+"""Data-parallel training across processes with torch.distributed (torchrun).
+
+``bench run --nproc N`` re-launches itself under ``torch.distributed.run``; every rank
+runs the same cells. Rank 0 alone claims cells, writes checkpoints, images and result
+rows, and evaluates; the other ranks follow its decisions (broadcast) and wait.
+
+Gradients are averaged with bucketed all-reduces after ``backward`` instead of wrapping
+the model in ``DistributedDataParallel``: a stage's loss is an arbitrary closure over the
+model's submodules (VQ-VAE then priors, paired VAEs), not a call of ``forward``, which
+is what DDP's hooks need. The arithmetic is the same as DDP's: every rank applies the
+mean gradient, so parameters stay identical across ranks.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+
+def world_size() -> int:
+    """Number of processes of this run (1 without torchrun)."""
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def rank() -> int:
+    """This process's rank (0 without torchrun)."""
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def is_main() -> bool:
+    """True on the process that writes files and results."""
+    return rank() == 0
+
+
+def init_from_env(device_name: str) -> torch.device | None:
+    """Join the process group torchrun describes in the environment; return this rank's device.
+
+    Returns ``None`` when the process was not started by torchrun (``WORLD_SIZE`` unset or 1).
+    NCCL is used with CUDA devices, gloo otherwise.
+    """
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return None
+    use_cuda = device_name != "cpu" and torch.cuda.is_available()
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+    if use_cuda:
+        torch.cuda.set_device(local_rank)
+        return torch.device("cuda", local_rank)
+    return torch.device("cpu")
+
+
+def shutdown() -> None:
+    """Leave the process group (no-op when not distributed)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def broadcast_object(obj: Any) -> Any:
+    """Rank 0's ``obj`` on every rank."""
+    if world_size() == 1:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def barrier() -> None:
+    """Wait for every rank (no-op when not distributed)."""
+    if world_size() > 1:
+        dist.barrier()
+
+
+def all_true(flag: bool, device: torch.device) -> bool:
+    """True only if ``flag`` holds on every rank, so all ranks take the same branch."""
+    if world_size() == 1:
+        return flag
+    t = torch.tensor([1.0 if flag else 0.0], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MIN)
+    return bool(t.item() > 0.5)
+
+
+def average_gradients(params: list[torch.nn.Parameter]) -> None:
+    """Replace each gradient with its mean over ranks (one flattened all-reduce per dtype)."""
+    n = world_size()
+    if n == 1:
+        return
+    by_dtype: dict[torch.dtype, list[torch.Tensor]] = {}
+    for p in params:
+        if p.grad is not None:
+            by_dtype.setdefault(p.grad.dtype, []).append(p.grad)
+    for grads in by_dtype.values():
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        dist.all_reduce(flat)
+        flat /= n
+        offset = 0
+        for g in grads:
+            g.copy_(flat[offset : offset + g.numel()].view_as(g))
+            offset += g.numel()
+
+
+def broadcast_module(module: torch.nn.Module) -> None:
+    """Copy rank 0's parameters and buffers to every rank (start of training, BN statistics)."""
+    if world_size() == 1:
+        return
+    with torch.no_grad():
+        for t in list(module.parameters()) + list(module.buffers()):
+            dist.broadcast(t.data, src=0)
+
+
+def launch(nproc: int, argv: list[str]) -> int:
+    """Run ``bench`` with ``argv`` under torchrun with ``nproc`` processes on this node."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
+    cmd += ["-m", "bench_core", *argv]
+    try:
+        return subprocess.call(cmd)
+    except KeyboardInterrupt:  # torchrun forwards the signal to its workers and stops them
+        return 130
