@@ -141,7 +141,10 @@ class TrainingStage:
         optimizer: optimiser settings.
         frozen: callable returning modules kept in eval mode and without gradients
             during this stage (e.g. the VQ-VAE while a prior learns its codes).
-        grad_clip: max global gradient norm (``None``: no clipping).
+        grad_clip: max gradient norm (``None``: no clipping); global over the stage's
+            parameters, or per group when ``clip_groups`` is given.
+        clip_groups: callable returning parameter groups clipped separately at
+            ``grad_clip`` (e.g. encoder and decoder, as the 3D VDVAE source does).
         skip_threshold: skip an update whose gradient norm exceeds this (``None``: never).
             Non-finite losses or gradients are always skipped and counted.
         ema_decay: keep an exponential moving average of the parameters and evaluate
@@ -156,6 +159,7 @@ class TrainingStage:
     optimizer: OptimizerSpec = field(default_factory=OptimizerSpec)
     frozen: Callable[[], Iterable[Any]] | None = None
     grad_clip: float | None = None
+    clip_groups: Callable[[], list[Iterable[Any]]] | None = None
     skip_threshold: float | None = None
     ema_decay: float | None = None
     default_steps: int = 1000

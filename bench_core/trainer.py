@@ -257,8 +257,7 @@ def run_stage(
                     scaler.scale(loss).backward()
                     ddp.average_gradients(params)
                     scaler.unscale_(optimizer)
-                    limit = stage.grad_clip if stage.grad_clip is not None else math.inf
-                    norm = torch.nn.utils.clip_grad_norm_(params, limit)
+                    norm = _clip(stage, params)
                     ok = bool(torch.isfinite(norm)) and (
                         stage.skip_threshold is None or float(norm) < stage.skip_threshold
                     )
@@ -311,6 +310,15 @@ def run_stage(
         curve=curve_points,
         resumed_from=resumed_from,
     )
+
+
+def _clip(stage: TrainingStage, params: list[torch.nn.Parameter]) -> torch.Tensor:
+    """Clip gradients as the stage asks; return the total norm before clipping (for skipping)."""
+    limit = stage.grad_clip if stage.grad_clip is not None else math.inf
+    if stage.clip_groups is None:
+        return torch.nn.utils.clip_grad_norm_(params, limit)
+    norms = [torch.nn.utils.clip_grad_norm_(list(group), limit) for group in stage.clip_groups()]
+    return torch.linalg.vector_norm(torch.stack(norms))
 
 
 def _batch_len(batch: dict[str, Any]) -> int:

@@ -124,7 +124,7 @@ class ToyAE(nn.Module):
             import time
 
             time.sleep(self.config["sleep"])
-        rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else -1
+        rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else None
         if rank == self.config["crash_rank"]:
             raise RuntimeError(f"rank {rank} crashed on purpose")
         x = batch[self.spec.modalities[0]]

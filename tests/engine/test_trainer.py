@@ -123,3 +123,22 @@ def test_bf16_autocast_path_trains_on_cpu(toy, tmp_path):
     report = run_stage(model, model.stages()[0], train, settings(steps=10, precision="bf16"), tmp_path / "s.pt")
     assert report.steps == 10 and report.skipped == 0
     assert all(p.dtype == torch.float32 for p in model.parameters())  # autocast keeps fp32 master weights
+
+
+def test_clip_groups_clip_each_group_separately(toy, tmp_path):
+    from bench_core.trainer import _clip
+
+    train, spec = toy
+    model = make_model(spec)
+    for p in model.parameters():
+        p.grad = torch.full_like(p, 10.0)
+    stage = model.stages()[0]
+    stage.grad_clip = 1.0
+    stage.clip_groups = lambda: [model.enc.parameters(), model.dec.parameters()]
+    norm = _clip(stage, list(model.parameters()))
+    enc = torch.linalg.vector_norm(torch.cat([p.grad.flatten() for p in model.enc.parameters()]))
+    dec = torch.linalg.vector_norm(torch.cat([p.grad.flatten() for p in model.dec.parameters()]))
+    assert enc == pytest.approx(1.0, rel=1e-4) and dec == pytest.approx(1.0, rel=1e-4)
+    n_enc = sum(p.numel() for p in model.enc.parameters())
+    n_dec = sum(p.numel() for p in model.dec.parameters())
+    assert float(norm) == pytest.approx(10.0 * (n_enc + n_dec) ** 0.5, rel=1e-4)
