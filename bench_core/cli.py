@@ -127,6 +127,15 @@ def cmd_data_make(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_data_check(args: argparse.Namespace) -> int:
+    from bench_core.datacheck import check_dataset, parse_options
+
+    cls = _registry(args).get("dataset", args.name).cls
+    report = check_dataset(cls, Path(args.root), parse_options(args.option))
+    print(report.format())
+    return EXIT_OK if report.ok else EXIT_ERROR
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``bench`` (exposed for docs and tests)."""
     parser = argparse.ArgumentParser(
@@ -174,6 +183,14 @@ def build_parser() -> argparse.ArgumentParser:
     make.add_argument("--n", type=int, default=64, help="number of items (default 64)")
     make.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     make.set_defaults(func=cmd_data_make)
+    check = data_sub.add_parser("check", help="read every item of a dataset folder and report bad files")
+    check.add_argument("name", help="dataset plugin name")
+    check.add_argument("--root", required=True, help="data folder")
+    check.add_argument(
+        "-o", "--option", action="append", default=[], metavar="KEY=VALUE",
+        help="plugin option, value parsed as YAML (e.g. size=[64,64]); repeatable",
+    )  # fmt: skip
+    check.set_defaults(func=cmd_data_check)
     return parser
 
 
