@@ -84,10 +84,13 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_plugins(args: argparse.Namespace) -> int:
+    from bench_core.api import API_VERSION
+
     registry = _registry(args)
+    print(f"plugin API v{API_VERSION}")
     for source in sorted(registry.sources, key=lambda s: (s.distribution, s.entry_point)):
         provides = ", ".join(f"{kind} {name}" for kind, name in source.provides) or "nothing"
-        state = f"ERROR: {source.error}" if source.error else "ok"
+        state = f"ERROR: {source.error}" if source.error else f"ok (API v{API_VERSION})"
         version = f" {source.dist_version}" if source.dist_version else ""
         print(f"{source.distribution}{version}  {source.entry_point} = {source.value}")
         print(f"    provides: {provides}")
@@ -156,6 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--output", type=Path, help="output directory (default: the suite's output_dir)")
     run.add_argument("--no-progress", action="store_true", help="no progress bars")
     run.add_argument("--no-report", action="store_true", help="do not render the HTML report")
+    run.add_argument("--trace", action="store_true", help="trace plugin hook calls (same as BENCH_TRACE_PLUGINS=1)")
     run.add_argument(
         "--nproc", type=int, default=1, metavar="N",
         help="train with N data-parallel processes on this node (launches torchrun; multi-node: see README)",
@@ -163,6 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.set_defaults(func=cmd_run)
 
     plugins = sub.add_parser("plugins", help="list plugins, what they provide and load errors")
+    plugins.add_argument("--trace", action="store_true", help="trace hook calls (same as BENCH_TRACE_PLUGINS=1)")
     plugins.set_defaults(func=cmd_plugins)
 
     report = sub.add_parser("report", help="rebuild the HTML report from a results store")
@@ -206,6 +211,10 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return EXIT_ERROR
+    if getattr(args, "trace", False):
+        import os
+
+        os.environ["BENCH_TRACE_PLUGINS"] = "1"
     from bench_core.api import BenchError
 
     try:

@@ -14,22 +14,27 @@ def export(output_dir: Path, fmt: str, out: Path | None = None) -> str:
     """Export the store in ``output_dir``; text formats return their text when ``out`` is None.
 
     Binary or tabular formats (csv, json, parquet) are written to ``out`` (default
-    ``<output_dir>/results.<ext>``) and the path is returned.
+    ``<output_dir>/results.<ext>``) and the path is returned. Markdown and LaTeX tables are
+    built from exactly what the HTML report reads (the latest run's suite, with the cells'
+    per-item values for the intervals), so they show the same numbers.
     """
     if not (output_dir / STORE_NAME).exists():
         raise BenchError(f"no results store ({STORE_NAME}) in {output_dir}")
-    store = ResultsStore(output_dir)
-    try:
-        rows = store.results()
-    finally:
-        store.close()
     if fmt in ("markdown", "latex"):
-        tables = build_tables(rows)
+        from bench_core.report.html import load_report_data
+
+        data = load_report_data(output_dir)
+        tables = build_tables(data.results, data.per_item)
         text = to_markdown(tables) if fmt == "markdown" else to_latex(tables)
         if out is None:
             return text
         out.write_text(text)
         return str(out)
+    store = ResultsStore(output_dir)
+    try:
+        rows = store.results()
+    finally:
+        store.close()
     import pandas as pd
 
     frame = pd.DataFrame(rows)

@@ -76,6 +76,11 @@ class Registry:
             except Exception as exc:  # a plugin hook that raises is recorded, not fatal
                 source.error = f"{_HOOK_OF_KIND[kind]}() raised {type(exc).__name__}: {exc}"
                 continue
+            if os.environ.get("BENCH_TRACE_PLUGINS"):
+                # Registry hooks are called per implementation (to know who provided what), so
+                # pluggy's own tracer does not see them: trace them here in the same style.
+                got = ", ".join(getattr(c, "name", repr(c)) for c in classes)
+                print(f"  {_HOOK_OF_KIND[kind]} [hook] {self.pm.get_name(impl.plugin)} -> {got}")
             for cls in classes:
                 problem = _contract_problem(kind, cls)
                 if problem:

@@ -106,7 +106,9 @@ class Runner:
     # -- checks before any work --------------------------------------------------------------
     def preflight(self, cells: list[Cell]) -> None:
         """Resolve every plugin, config and data folder; fail before any work, naming each problem."""
-        problems = []
+        from bench_core.suite import unmet_requirements
+
+        problems = [f"requires: {p}" for p in unmet_requirements(self.suite.requires)]
         for entry in {c.model.label: c.model for c in cells}.values():
             try:
                 cls = self.registry.get("model", entry.plugin).cls

@@ -123,6 +123,7 @@ class Suite(_Strict):
     evaluation: Evaluation = Field(default_factory=Evaluation)
     include: list[str] = Field(default_factory=list)
     exclude: list[str] = Field(default_factory=list)
+    requires: list[str] = Field(default_factory=list)
 
     # Filled by load_suite, not by the YAML.
     source_path: Path | None = Field(default=None, exclude=True)
@@ -134,6 +135,18 @@ class Suite(_Strict):
         # `metrics: [psnr, ssim]` is the common case; expand plain names.
         if isinstance(value, list):
             return [{"plugin": v} if isinstance(v, str) else v for v in value]
+        return value
+
+    @field_validator("requires")
+    @classmethod
+    def _requirements_parse(cls, value: list[str]) -> list[str]:
+        from packaging.requirements import InvalidRequirement, Requirement
+
+        for item in value:
+            try:
+                Requirement(item)
+            except InvalidRequirement as exc:
+                raise ValueError(f"{item!r} is not a requirement like 'my-plugins>=0.2' ({exc})") from None
         return value
 
     @model_validator(mode="after")
@@ -151,6 +164,25 @@ class Suite(_Strict):
     def resolved_output_dir(self) -> Path:
         """Where results go: ``output_dir`` or ``reports/<name>``."""
         return self.output_dir or Path("reports") / self.name
+
+
+def unmet_requirements(requires: list[str]) -> list[str]:
+    """One message per requirement of ``requires`` that the installed distributions do not meet."""
+    from importlib import metadata
+
+    from packaging.requirements import Requirement
+
+    problems = []
+    for text in requires:
+        req = Requirement(text)
+        try:
+            installed = metadata.version(req.name)
+        except metadata.PackageNotFoundError:
+            problems.append(f"{req.name} is not installed (pip install '{text}')")
+            continue
+        if req.specifier and not req.specifier.contains(installed, prereleases=True):
+            problems.append(f"{req.name} {installed} is installed; the suite needs {text} (pip install '{text}')")
+    return problems
 
 
 def load_suite(path: str | Path) -> Suite:

@@ -1,10 +1,13 @@
 """Leaderboard tables from stored rows: one per dataset and task, models x metrics.
 
 Each value is the mean over seeds of the per-seed value, with the spread over seeds
-when there are several and the spread over test items otherwise (marked as such). The
-best value per column is marked only among rows whose metric settings agree, so numbers
-computed differently are never ranked against each other. HTML, Markdown and LaTeX all
-render these same objects, so the three show the same numbers.
+when there are several and the spread over test items otherwise (marked as such), and a
+seeded bootstrap 95% interval of the mean: over seeds when there are at least two, else
+over the per-item values of the one seed when the evaluator stored them. The best value
+per column is marked only among rows whose metric settings agree, so numbers computed
+differently are never ranked against each other; rows whose interval overlaps the best's
+are marked as ties. HTML, Markdown and LaTeX all render these same objects with the same
+formatting methods, so the three show the same numbers.
 """
 
 from __future__ import annotations
@@ -13,10 +16,18 @@ import json
 import math
 import statistics
 from collections import defaultdict
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from bench_core.report.stats import bootstrap_ci, overlaps
+
 _TASK_ORDER = {"recon": 0, "A2A": 1, "B2B": 2, "A2B": 3, "B2A": 4, "sample": 5, "train": 8, "model": 9}
+# Counters of clamped values describe the data, not the metric; they never split rankings.
+COUNTER_SETTINGS = frozenset({"pred_clamped", "pred_values", "clamped"})
+
+PerItem = Mapping[tuple[str, str, str], Sequence[float]]
+"""Per-item metric values keyed by (cell_key, task, metric), as read from the cells' eval.json."""
 
 
 @dataclass
@@ -30,15 +41,36 @@ class Aggregate:
     n_items: int | None
     settings_key: str
     best: bool = False
+    values: list[float] = field(default_factory=list)  # one per seed, in seed order
+    seeds: list[int] = field(default_factory=list)
+    ci: tuple[float, float] | None = None
+    ci_over: str = ""  # "seeds" | "items" | ""
+    tie: bool = False  # not the best, but its interval overlaps the best's
+    settings: dict[str, Any] = field(default_factory=dict)
 
     def text(self, digits: int = 4) -> str:
         """``mean ± spread`` with ``digits`` significant digits."""
         if self.mean is None or (isinstance(self.mean, float) and math.isnan(self.mean)):
             return "n/a"
-        body = _fmt(self.mean, digits)
+        body = fmt_number(self.mean, digits)
         if self.spread is not None:
-            body += f" ± {_fmt(self.spread, 2)}"
+            body += f" ± {fmt_number(self.spread, 2)}"
         return body
+
+    def ci_text(self, digits: int = 4) -> str:
+        """The 95% interval as ``[lo, hi]``, or ``n/a`` when there was nothing to resample."""
+        if self.ci is None:
+            return "n/a"
+        return f"[{fmt_number(self.ci[0], digits)}, {fmt_number(self.ci[1], digits)}]"
+
+    def n_text(self) -> str:
+        """``n=seeds`` or ``n=seeds×items``."""
+        return f"n={self.n_seeds}" + (f"×{self.n_items}" if self.n_items else "")
+
+    @property
+    def sort_value(self) -> float | None:
+        """The mean when finite (the value tables sort by), else ``None``."""
+        return self.mean if self.mean is not None and math.isfinite(self.mean) else None
 
 
 @dataclass
@@ -50,9 +82,11 @@ class Table:
     metrics: list[tuple[str, bool | None]]  # (name, higher_is_better)
     rows: dict[str, dict[str, Aggregate]] = field(default_factory=dict)
     incomparable: list[str] = field(default_factory=list)
+    why: dict[str, str] = field(default_factory=dict)  # incomparable metric -> which settings differ, and how
 
 
-def _fmt(x: float, digits: int) -> str:
+def fmt_number(x: float, digits: int) -> str:
+    """``x`` with ``digits`` significant digits (one decimal from ``10**(digits-1)`` up): the one number format."""
     if x == 0 or not math.isfinite(x):
         return str(x)
     if abs(x) >= 10 ** (digits - 1):
@@ -60,8 +94,18 @@ def _fmt(x: float, digits: int) -> str:
     return f"{x:.{digits}g}"
 
 
-def build_tables(results: list[dict[str, Any]]) -> list[Table]:
-    """Aggregate stored result rows into one table per dataset and task."""
+def comparable_settings(settings: dict[str, Any]) -> dict[str, Any]:
+    """``settings`` without the counters that describe the data rather than the metric."""
+    return {k: v for k, v in settings.items() if k not in COUNTER_SETTINGS}
+
+
+def build_tables(results: list[dict[str, Any]], per_item: PerItem | None = None) -> list[Table]:
+    """Aggregate stored result rows into one table per dataset and task.
+
+    Args:
+        results: rows as returned by :meth:`ResultsStore.results`.
+        per_item: optional per-item values, used for the interval of single-seed cells.
+    """
     grouped: dict[tuple[str, str], dict[str, dict[str, list[dict]]]] = defaultdict(
         lambda: defaultdict(lambda: defaultdict(list))
     )
@@ -76,15 +120,18 @@ def build_tables(results: list[dict[str, Any]]) -> list[Table]:
         names = sorted({m for metrics in by_model.values() for m in metrics})
         table = Table(dataset, task, [(m, directions[(dataset, task, m)]) for m in names])
         for model, metrics in sorted(by_model.items()):
-            table.rows[model] = {m: _aggregate(rows) for m, rows in metrics.items()}
-        _mark_best(table)
+            table.rows[model] = {m: aggregate(rows, per_item) for m, rows in metrics.items()}
+        _mark_best(table, by_model)
         tables.append(table)
     return tables
 
 
-def _aggregate(rows: list[dict]) -> Aggregate:
-    values = [r["value"] for r in rows if r["value"] is not None]
-    settings_keys = {json.dumps(_comparable_settings(r["settings"]), sort_keys=True) for r in rows}
+def aggregate(rows: list[dict[str, Any]], per_item: PerItem | None = None) -> Aggregate:
+    """One model's rows of one metric (a row per seed) as an :class:`Aggregate`."""
+    rows = sorted(rows, key=lambda r: r.get("seed", 0))
+    kept = [r for r in rows if r["value"] is not None]
+    values = [r["value"] for r in kept]
+    settings_keys = {json.dumps(comparable_settings(r["settings"]), sort_keys=True) for r in rows}
     mean = statistics.fmean(values) if values else float("nan")
     if len(values) > 1:
         spread, over = statistics.stdev(values), "seeds"
@@ -94,15 +141,20 @@ def _aggregate(rows: list[dict]) -> Aggregate:
         spread, over = None, ""
     n_items = rows[0].get("n") if rows else None
     key = settings_keys.pop() if len(settings_keys) == 1 else "mixed"
-    return Aggregate(mean, spread, over, len(values), n_items, key)
+    agg = Aggregate(mean, spread, over, len(values), n_items, key)
+    agg.values = values
+    agg.seeds = [r.get("seed", 0) for r in kept]
+    agg.settings = comparable_settings(rows[0]["settings"]) if rows else {}
+    if len(values) > 1:
+        agg.ci, agg.ci_over = bootstrap_ci(values), "seeds"
+    elif len(kept) == 1 and per_item is not None:
+        items = per_item.get((kept[0].get("cell_key", ""), kept[0]["task"], kept[0]["metric"]))
+        if items is not None and (ci := bootstrap_ci(items)) is not None:
+            agg.ci, agg.ci_over = ci, "items"
+    return agg
 
 
-def _comparable_settings(settings: dict[str, Any]) -> dict[str, Any]:
-    # Counters of clamped values describe the data, not the metric; they do not split rankings.
-    return {k: v for k, v in settings.items() if k not in ("pred_clamped", "pred_values", "clamped")}
-
-
-def _mark_best(table: Table) -> None:
+def _mark_best(table: Table, by_model: dict[str, dict[str, list[dict]]]) -> None:
     for metric, higher in table.metrics:
         if higher is None:
             continue
@@ -110,35 +162,63 @@ def _mark_best(table: Table) -> None:
         keys = {agg.settings_key for _, agg in cells}
         if len(keys) > 1 or "mixed" in keys:
             table.incomparable.append(metric)
+            table.why[metric] = _explain([(m, r) for m, metrics in by_model.items() for r in metrics.get(metric, [])])
             continue
-        finite = [(m, a) for m, a in cells if a.mean is not None and math.isfinite(a.mean)]
-        if len(finite) < 1:
+        finite = [a for _, a in cells if a.sort_value is not None]
+        if not finite:
             continue
-        best = max(a.mean for _, a in finite) if higher else min(a.mean for _, a in finite)
-        for _, agg in finite:
+        best = max(a.mean for a in finite) if higher else min(a.mean for a in finite)
+        best_interval = next(a.ci or (a.mean, a.mean) for a in finite if a.mean == best)
+        for agg in finite:
             agg.best = agg.mean == best
+            # A tie needs an interval on at least one side; two bare points tie only if equal (then both are best).
+            agg.tie = not agg.best and overlaps(agg.ci or (agg.mean, agg.mean), best_interval)
+
+
+def _explain(rows: list[tuple[str, dict[str, Any]]]) -> str:
+    """Which comparable settings differ between ``rows`` ((model, row) pairs) and who used which value."""
+    settings = [(model, f"seed{r.get('seed', 0)}", comparable_settings(r["settings"])) for model, r in rows]
+    keys = sorted({k for _, _, s in settings for k in s})
+    parts = []
+    for key in keys:
+        users: dict[str, list[str]] = defaultdict(list)
+        for model, seed, s in settings:
+            value = json.dumps(s[key], sort_keys=True, default=str) if key in s else "unset"
+            label = model if len(rows) == len({m for m, _ in rows}) else f"{model}/{seed}"
+            if label not in users[value]:
+                users[value].append(label)
+        if len(users) > 1:
+            parts.append(f"{key}: " + "; ".join(f"{v} ({', '.join(who)})" for v, who in users.items()))
+    return " | ".join(parts) or "settings differ"
 
 
 def to_markdown(tables: list[Table]) -> str:
     """The tables as GitHub Markdown, best values in bold."""
-    out = []
+    out = [_LEGEND, ""]
     for t in tables:
         out.append(f"### {t.dataset} / {t.task}\n")
-        header = ["model"] + [f"{m} {_arrow(h)}".strip() for m, h in t.metrics]
+        header = ["model"] + [f"{m} {arrow(h)}".strip() for m, h in t.metrics]
         out.append("| " + " | ".join(header) + " |")
         out.append("|" + "---|" * len(header))
         for model, aggs in t.rows.items():
             cells = [_md_cell(aggs.get(m)) for m, _ in t.metrics]
-            out.append("| " + " | ".join([model, *cells]) + " |")
+            out.append("| " + " | ".join([_md_escape(model), *cells]) + " |")
         if t.incomparable:
             out.append(f"\nNot ranked (settings differ between rows): {', '.join(t.incomparable)}")
+            out += [f"- {m}: {t.why[m]}" for m in t.incomparable]
         out.append("")
     return "\n".join(out)
 
 
+_LEGEND = (
+    "Values: mean ± σ over seeds († σ over test items, when one seed) [bootstrap 95% CI of the mean]; "
+    "bold: best in column; ≈: interval overlaps the best's."
+)
+
+
 def to_latex(tables: list[Table]) -> str:
     """The tables as LaTeX ``tabular`` environments (booktabs), best values in bold."""
-    out = []
+    out = ["% " + _LEGEND.replace("%", r"\%")]
     for t in tables:
         cols = "l" + "r" * len(t.metrics)
         out.append(f"% {t.dataset} / {t.task}")
@@ -148,11 +228,14 @@ def to_latex(tables: list[Table]) -> str:
         for model, aggs in t.rows.items():
             cells = [_tex_cell(aggs.get(m)) for m, _ in t.metrics]
             out.append(" & ".join([_tex(model), *cells]) + r" \\")
-        out.append("\\bottomrule\n\\end{tabular}\n")
+        out.append("\\bottomrule\n\\end{tabular}")
+        out += [f"% not ranked, {_tex(m)}: {_tex(t.why[m])}" for m in t.incomparable]
+        out.append("")
     return "\n".join(out)
 
 
-def _arrow(higher: bool | None) -> str:
+def arrow(higher: bool | None) -> str:
+    """↑ for higher-is-better metrics, ↓ for lower, nothing when unranked."""
     return "" if higher is None else ("↑" if higher else "↓")
 
 
@@ -160,20 +243,40 @@ def _tex_arrow(higher: bool | None) -> str:
     return "" if higher is None else ("$\\uparrow$" if higher else "$\\downarrow$")
 
 
+def _md_escape(text: str) -> str:
+    # A pipe would end the cell; angle brackets would be raw HTML in most Markdown renderers.
+    return text.replace("|", "\\|").replace("<", "&lt;").replace(">", "&gt;")
+
+
 def _md_cell(agg: Aggregate | None) -> str:
     if agg is None:
         return "–"
-    return f"**{agg.text()}**" if agg.best else agg.text()
+    body = f"**{agg.text()}**" if agg.best else agg.text()
+    if agg.spread_over == "items":
+        body += "†"
+    if agg.ci is not None:
+        body += f" {agg.ci_text()}"
+    return body + (" ≈" if agg.tie else "")
+
+
+_TEX = {
+    "\\": r"\textbackslash{}", "_": r"\_", "%": r"\%", "&": r"\&", "#": r"\#", "$": r"\$",
+    "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
+}  # fmt: skip
 
 
 def _tex(text: str) -> str:
-    for a, b in (("\\", r"\textbackslash{}"), ("_", r"\_"), ("%", r"\%"), ("&", r"\&"), ("#", r"\#")):
-        text = text.replace(a, b)
-    return text
+    # Character by character, so the braces of one replacement are never escaped by another.
+    return "".join(_TEX.get(c, c) for c in text)
 
 
 def _tex_cell(agg: Aggregate | None) -> str:
     if agg is None:
         return "--"
     body = agg.text().replace("±", r"$\pm$")
-    return f"\\textbf{{{body}}}" if agg.best else body
+    body = f"\\textbf{{{body}}}" if agg.best else body
+    if agg.spread_over == "items":
+        body += r"$^\dagger$"
+    if agg.ci is not None:
+        body += f" {agg.ci_text()}"
+    return body + (r" $\approx$" if agg.tie else "")

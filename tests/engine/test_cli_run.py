@@ -156,3 +156,24 @@ def test_checkpoint_store_and_load_path(run_bench, write_suite, tmp_path):
     assert bad.returncode == 1
     _, cells = rows(tmp_path / "reports" / "toy-bad")
     assert cells[0]["status"] == "failed" and "does not match the model" in cells[0]["reason"]
+
+
+def test_requires_fails_before_any_work(run_bench, write_suite, tmp_path):
+    path = write_suite(toy_suite(requires=["medgen-bench>=0.1", "no-such-plugins>=1.2", "pluggy>=99"]))
+    result = run_bench("run", str(path))
+    assert result.returncode == 2
+    assert "requires: no-such-plugins is not installed (pip install 'no-such-plugins>=1.2')" in result.stderr
+    assert "pluggy" in result.stderr and "the suite needs pluggy>=99" in result.stderr
+    assert "medgen-bench" not in result.stderr.split("cannot run this suite")[1]
+    assert not (tmp_path / "reports").exists()
+    bad = write_suite(toy_suite(requires=["not a requirement!"]), "bad.yaml")
+    invalid = run_bench("run", str(bad))
+    assert invalid.returncode == 2 and "requires[0]" not in invalid.stderr and "requires" in invalid.stderr
+
+
+def test_plugins_listing_and_trace(run_bench):
+    listing = run_bench("plugins", "--trace")
+    assert listing.returncode == 0, listing.stderr
+    assert "plugin API v1" in listing.stdout
+    assert "fakeplugins" in listing.stdout and "model toy-ae, model toy-3d" in listing.stdout
+    assert "bench_models" in listing.stdout  # hook calls traced

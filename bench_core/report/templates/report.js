@@ -1,0 +1,48 @@
+(function () {
+  "use strict";
+  // Click (or Enter on) any header of a .sortable table to sort by that column. Numeric columns
+  // sort by each cell's data-value; the first click puts the best first (descending for
+  // higher-is-better, ascending for lower-is-better), the next click reverses. Rows without a
+  // value always go last.
+  function numberOf(cell) {
+    var v = cell.getAttribute("data-value");
+    if (v === null || v === "") { return null; }
+    var x = parseFloat(v);
+    return isNaN(x) ? null : x;
+  }
+  function textOf(cell) {
+    var v = cell.getAttribute("data-value");
+    return (v === null ? cell.textContent : v).trim();
+  }
+  Array.prototype.forEach.call(document.querySelectorAll("table.sortable"), function (table) {
+    var heads = table.tHead.rows[0].cells;
+    Array.prototype.forEach.call(heads, function (th, col) {
+      th.tabIndex = 0;
+      function sort() {
+        var body = table.tBodies[0];
+        var rows = Array.prototype.slice.call(body.rows);
+        var numeric = th.getAttribute("data-type") !== "text";
+        var first = !numeric || th.getAttribute("data-higher") === "false" ? 1 : -1;
+        var previous = th.getAttribute("data-dir");
+        var dir = previous ? -parseInt(previous, 10) : first;
+        Array.prototype.forEach.call(heads, function (h) {
+          h.removeAttribute("data-dir");
+          h.removeAttribute("aria-sort");
+        });
+        th.setAttribute("data-dir", String(dir));
+        th.setAttribute("aria-sort", dir === 1 ? "ascending" : "descending");
+        rows.sort(function (a, b) {
+          if (!numeric) { return dir * textOf(a.cells[col]).localeCompare(textOf(b.cells[col])); }
+          var x = numberOf(a.cells[col]), y = numberOf(b.cells[col]);
+          if (x === null || y === null) { return (x === null) - (y === null); }
+          return dir * (x - y);
+        });
+        rows.forEach(function (r) { body.appendChild(r); });
+      }
+      th.addEventListener("click", sort);
+      th.addEventListener("keydown", function (e) {
+        if (e.key === "Enter" || e.key === " ") { e.preventDefault(); sort(); }
+      });
+    });
+  });
+})();
