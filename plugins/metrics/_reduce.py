@@ -1,0 +1,93 @@
+"""Helpers shared by the paired metrics (PSNR, SSIM): input checks and per-item accumulation.
+
+Both metrics take ``(N, C, *spatial)`` float tensors in ``[0, data_range]`` and report the
+mean and spread of one value per item, so the checks and the bookkeeping live here once.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from bench_core.api import BenchError, MetricValue
+
+RANGE_TOLERANCE = 1e-6
+"""Excursions beyond ``[0, data_range]`` up to this fraction of ``data_range`` are accepted as
+rounding noise (a float32 image rescaled to ``[0, 1]`` can land a few ulps outside)."""
+
+OUT_OF_RANGE_POLICIES = ("error", "clamp")
+
+STD_KIND = "population (ddof=0)"
+"""How ``MetricValue.std`` is computed; recorded in every metric's settings."""
+
+
+def check_options(metric: str, data_range: float, dims: int, allowed_dims: frozenset[int]) -> None:
+    """Raise :class:`BenchError` unless ``data_range`` is positive and finite and ``dims`` allowed."""
+    if not (isinstance(data_range, (int, float)) and math.isfinite(data_range) and data_range > 0):
+        raise BenchError(f"{metric}: data_range must be a positive finite number, got {data_range!r}")
+    if dims not in allowed_dims:
+        raise BenchError(f"{metric}: dims must be one of {sorted(allowed_dims)}, got {dims!r}")
+
+
+def check_shapes(metric: str, pred: torch.Tensor, target: torch.Tensor, dims: int) -> None:
+    """Raise :class:`BenchError` unless both are float tensors of one shape ``(N, C, *spatial)``."""
+    if pred.shape != target.shape:
+        raise BenchError(
+            f"{metric}: pred and target shapes differ: pred {tuple(pred.shape)}, target {tuple(target.shape)}"
+        )
+    if pred.dim() != dims + 2:
+        layout = "(N, C, H, W)" if dims == 2 else "(N, C, D, H, W)"
+        raise BenchError(f"{metric}: expected {layout} tensors for dims={dims}, got shape {tuple(pred.shape)}")
+    if not (pred.is_floating_point() and target.is_floating_point()):
+        raise BenchError(f"{metric}: inputs must be float tensors, got {pred.dtype} and {target.dtype}")
+    if pred.numel() == 0:
+        raise BenchError(f"{metric}: empty input of shape {tuple(pred.shape)}")
+
+
+def check_range(metric: str, name: str, x: torch.Tensor, data_range: float, policy: str) -> tuple[torch.Tensor, int]:
+    """Validate one input against ``[0, data_range]``; return it (clamped if allowed) and the clamp count.
+
+    NaN and Inf always raise. Values beyond the tolerance raise under ``policy="error"``;
+    under ``"clamp"`` the tensor is clamped to ``[0, data_range]`` and the number of values
+    that were beyond the tolerance is returned.
+    """
+    # One fused pass: min/max propagate NaN and expose +-Inf, so no separate isfinite pass.
+    lo, hi = (float(v) for v in torch.aminmax(x))
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        raise BenchError(f"{metric}: {name} contains NaN or Inf values (observed min {lo}, max {hi})")
+    tol = RANGE_TOLERANCE * data_range
+    if lo >= -tol and hi <= data_range + tol:
+        return x, 0
+    if policy == "error":
+        raise BenchError(
+            f"{metric}: {name} values lie in [{lo:.6g}, {hi:.6g}], outside the declared range "
+            f"[0, {data_range:g}] (out_of_range='error'; rescale the inputs or use out_of_range='clamp')"
+        )
+    n_out = int(((x < -tol) | (x > data_range + tol)).sum())
+    return x.clamp(0.0, data_range), n_out
+
+
+class PerItemAccumulator:
+    """Collects per-item values across ``update`` calls and summarises them as a MetricValue."""
+
+    def __init__(self, metric: str) -> None:
+        self._metric = metric
+        self._values: list[float] = []
+
+    def add(self, values: torch.Tensor) -> None:
+        """Append a 1D tensor of per-item values."""
+        self._values.extend(values.detach().double().cpu().tolist())
+
+    def reset(self) -> None:
+        """Forget every value seen."""
+        self._values = []
+
+    def summary(self, settings: dict) -> MetricValue:
+        """Mean and population std of the values seen; raises BenchError if there are none."""
+        n = len(self._values)
+        if n == 0:
+            raise BenchError(f"{self._metric}: no samples seen; call update() before compute()")
+        mean = math.fsum(self._values) / n
+        var = math.fsum((v - mean) ** 2 for v in self._values) / n
+        return MetricValue(value=mean, std=math.sqrt(var), n=n, settings=settings, per_item=list(self._values))
