@@ -74,10 +74,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if not args.no_report:
         from bench_core.report.html import build_report
 
-        sections = [
-            s for group in registry.pm.hook.bench_report_sections(store_path=str(runner.output_dir)) for s in group
-        ]
-        path = build_report(runner.output_dir, sections)
+        path = build_report(runner.output_dir, _report_sections(registry, runner.output_dir))
         print(f"report: {path}")
     print(", ".join(f"{v} {k}" for k, v in summary.items() if v))
     return EXIT_FAILED_CELLS if summary["failed"] else EXIT_OK
@@ -100,13 +97,27 @@ def cmd_plugins(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _report_sections(registry, output_dir: Path) -> list[dict[str, str]]:
+    groups = registry.pm.hook.bench_report_sections(store_path=str(output_dir))
+    return [section for group in groups for section in group]
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from bench_core.report.html import build_report
 
     if not (Path(args.output_dir) / "results.sqlite").exists():
         print(f"error: no results store (results.sqlite) in {args.output_dir}", file=sys.stderr)
         return EXIT_ERROR
-    print(f"report: {build_report(args.output_dir)}")
+    sections = _report_sections(_registry(args), Path(args.output_dir))
+    print(f"report: {build_report(args.output_dir, sections, benchmarks=args.benchmarks)}")
+    return EXIT_OK
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from bench_core.report.compare import compare
+
+    html, md = compare(args.a, args.b, args.out)
+    print(f"compare: {html}\ncompare: {md}")
     return EXIT_OK
 
 
@@ -172,7 +183,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     report = sub.add_parser("report", help="rebuild the HTML report from a results store")
     report.add_argument("output_dir", help="output directory holding results.sqlite")
+    report.add_argument(
+        "--benchmarks", type=Path, metavar="FILE",
+        help="pytest-benchmark JSON (--benchmark-json) shown as the report's speed section",
+    )  # fmt: skip
     report.set_defaults(func=cmd_report)
+
+    cmp = sub.add_parser("compare", help="compare two runs: A, B, delta and whether it exceeds the seed spread")
+    cmp.add_argument("a", help="output dir or results.sqlite of run A; DIR::SUITE picks one suite of a shared store")
+    cmp.add_argument("b", help="the same for run B")
+    cmp.add_argument(
+        "-o", "--out", type=Path, default=Path("reports/compare"), help="folder for compare.html and compare.md"
+    )
+    cmp.set_defaults(func=cmd_compare)
 
     export = sub.add_parser("export", help="export stored results")
     export.add_argument("output_dir", help="output directory holding results.sqlite")

@@ -290,7 +290,8 @@ class Runner:
         ckpt = checkpoint_key(
             {
                 "model": model_cls.name, "version": model_cls.version, "config": config,
-                "data": fingerprint, "spec": [spec.shape, spec.value_range], "seed": cell.seed,
+                "data": fingerprint, "dataset": [cell.dataset.plugin, cell.dataset.options], "spec": _spec_dict(spec),
+                "seed": cell.seed,
                 "budget": budget.model_dump(mode="json"), "precision": self.suite.precision,
             }
         )  # fmt: skip
