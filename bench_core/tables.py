@@ -49,9 +49,10 @@ class Aggregate:
     settings: dict[str, Any] = field(default_factory=dict)
 
     def text(self, digits: int = 4) -> str:
-        """``mean ± spread`` with ``digits`` significant digits."""
+        """``mean ± spread`` with ``digits`` significant digits; ``unavailable`` for a metric that said so."""
         if self.mean is None or (isinstance(self.mean, float) and math.isnan(self.mean)):
-            return "n/a"
+            # A metric that cannot run here (FID without its weights) stores NaN and its reason.
+            return "unavailable" if self.settings.get("status") == "unavailable" else "n/a"
         body = fmt_number(self.mean, digits)
         if self.spread is not None:
             body += f" ± {fmt_number(self.spread, 2)}"

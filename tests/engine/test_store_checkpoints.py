@@ -130,3 +130,10 @@ def test_incomparable_settings_are_not_ranked():
     assert tables[0].incomparable == ["m"]
     assert not any(agg.best for aggs in tables[0].rows.values() for agg in aggs.values())
     assert "Not ranked" in to_markdown(tables)
+
+
+def test_unavailable_metric_shows_its_status():
+    unavailable = {"status": "unavailable", "reason": "FID Inception weights not found"}
+    tables = build_tables(_results(("a", 0, None, unavailable)))
+    assert tables[0].rows["a"]["m"].text() == "unavailable"
+    assert build_tables(_results(("a", 0, None, None)))[0].rows["a"]["m"].text() == "n/a"
