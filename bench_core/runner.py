@@ -321,6 +321,8 @@ class Runner:
                 )  # fmt: skip
                 report = run_stage(model, stage, train, settings, ckdir / f"{index:02d}-{TRAIN_STATE}")
                 details["stages"].append(report.__dict__)
+                if ddp.is_main():
+                    self.log(_stage_line(cell, report))
                 if report.images_per_second:
                     rows.append(
                         {
@@ -388,6 +390,17 @@ def _slug(text: str) -> str:
 def _short(message: str, limit: int = 300) -> str:
     first = message.strip().splitlines()[0] if message.strip() else message
     return first if len(first) <= limit else first[: limit - 3] + "..."
+
+
+def _stage_line(cell: Cell, report) -> str:
+    last = report.curve[-1].get("loss") if report.curve else None
+    speed = f", {report.images_per_second:.1f} images/s" if report.images_per_second else ""
+    resumed = f", resumed at step {report.resumed_from}" if report.resumed_from else ""
+    loss = f", final loss {last:.4g}" if last is not None else ""
+    return (
+        f"  {cell.id} stage {report.stage}: {report.steps} steps in {report.seconds:.1f} s{speed}{loss}"
+        f"{resumed}, {report.skipped} skipped"
+    )
 
 
 def _cell_line(cell: Cell, status: str, reason: str | None, rows: list[dict]) -> str:
