@@ -1,0 +1,402 @@
+"""The ``phvae`` model plugin: paired hierarchical VAEs for image translation (seed 000).
+
+Two VDVAE-style hierarchical VAEs, one per modality (``models.md`` section 1), built from
+:mod:`.hvae_layers`. Each has a bottom-up encoder, a top-down decoder and an output head.
+Reconstruction (A2A, B2B) decodes a modality from its own encoder's activations with the
+ordinary posteriors; translation (A2B, B2A) runs the *target* modality's decoder in
+translational mode on the *source* modality's encoder activations: in every latent group the
+first half of the latents ("style") follows the target decoder's prior and the second half
+("content") comes from the translational posterior, which sees the source encoder.
+
+Training objective (per sample, averaged over the batch; weights default to 1):
+
+    rec(A2A) + rec(B2B) + w_kl * (KL_A + KL_B)
+    + w_tr * [rec(B2A) + rec(A2B) + w_tkl * (KL_B2A + KL_A2B)]
+
+with ``rec`` the DMOL negative log-likelihood in nats per dimension ("nll" configs, 6-bit
+bins) or the mean absolute error in ``[0, 1]`` units ("mae" configs), and every KL summed
+over all latents and divided by the target's ``C*H*W``. The translation KLs only cover the
+content half (the style half equals the prior, so its KL is exactly zero).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from bench_core.api import (
+    API_VERSION,
+    RECONSTRUCT,
+    SAMPLE,
+    TRANSLATE,
+    BenchError,
+    DataSpec,
+    OptimizerSpec,
+    TrainingStage,
+)
+from bench_core.hookspecs import hookimpl
+
+from .hvae_layers import HVAE, DmolHead
+
+COLLAPSE_NATS = 0.01
+"""A latent group whose mean KL per latent dimension is below this (nats) counts as collapsed."""
+
+_NDVI_RGB_NLL: dict[str, Any] = {
+    # Architecture of the four source argfiles (models.md 1.2): 9 resolutions (256 ... 1) x 5 blocks.
+    "width": 72,
+    "n_resolutions": 9,
+    "blocks_per_resolution": 5,
+    "zdim": 6,
+    "bottleneck": 0.8,
+    "head": "dmol",  # "dmol" (the "nll" argfiles) or "mae"
+    "dmol_mixtures": 1,
+    "dmol_bits": 6,
+    # Loss weights (argfile loss_kl_fac, loss_tra_fac, loss_tkl_fac).
+    "kl_weight": 1.0,
+    "translation_weight": 1.0,
+    "translation_kl_weight": 1.0,
+    # Optimisation: Adamax 1e-3, global-norm clipping at 300 after unscaling. The source's
+    # grad_skip (5000) is never used by its loop, hence no skipping by default.
+    "lr": 1e-3,
+    "grad_clip": 300.0,
+    "skip_threshold": None,
+    "ema_decay": None,
+    # The source steps every 5 samples of batch 1 (loss / 5): one batch of 5 is the same
+    # gradient, so the engine (which has no accumulation) runs batch 5.
+    "batch_size": 5,
+    "epochs": 100,
+    "steps": None,  # main-stage default steps; None: epochs x steps per epoch of the train split
+    "train_size": None,  # training items per epoch; None: the dataset's reported train split size
+    "warmup_epochs": 0,
+    "warmup_batch_size": 1,
+    # Joint augmentation of A and B (training only): flips with p = 0.5 each, and with p = 0.5
+    # a resized crop (axis scale 1 +- scale, integer offset in [-shift/2, shift/2] px).
+    "augment": {"vflip": True, "hflip": True, "shift": 0, "scale": 0.0},
+    # Temperature of the latents (and of the DMOL noise) in reconstruct/translate; the paper's
+    # headline numbers use 0.0 (deterministic), the source's test script also reports 1.0.
+    "eval_temperature": 0.0,
+}
+
+_NDVI_RGB_MAE = {**_NDVI_RGB_NLL, "head": "mae"}
+
+_MRI_CT_NLL = {
+    **_NDVI_RGB_NLL,
+    "augment": {"vflip": False, "hflip": True, "shift": 16, "scale": 0.0025},
+}
+
+_MRI_CT_MAE = {
+    **_MRI_CT_NLL,
+    "head": "mae",
+    # "otherwise it behaves poorly" (seed README): one epoch of reconstruction-only training.
+    "warmup_epochs": 1,
+}
+
+_TINY = {
+    **_NDVI_RGB_NLL,
+    # A CPU-sized pair for 32x32 (or 64x64) inputs: 32 -> 16 -> 8, one block per resolution.
+    # On one busy CPU thread a 32x32 step of batch 4 takes about 0.15-0.2 s: 200 steps ~ 35 s.
+    "width": 16,
+    "n_resolutions": 3,
+    "blocks_per_resolution": 1,
+    "zdim": 4,
+    "lr": 2e-3,
+    "batch_size": 4,
+    "steps": 200,
+    "augment": {"vflip": False, "hflip": False, "shift": 0, "scale": 0.0},
+}
+
+
+def _steps_per_epoch(n_items: int, batch: int) -> int:
+    """Steps the engine's loop makes per epoch (it drops the last partial batch when it can)."""
+    return n_items // batch if n_items > batch else 1
+
+
+class PHVAE(nn.Module):
+    """Paired hierarchical VAEs translating between the two modalities of a paired 2D dataset.
+
+    Channels per modality come from ``spec.channels``; the resolution is ``spec.shape`` (square,
+    a power of two, at least ``2**(n_resolutions - 1)``). ``temperature`` (config
+    ``eval_temperature``) drives :meth:`reconstruct` and :meth:`translate`; :meth:`sample`
+    takes its own.
+
+    Training: a ``"main"`` stage (Adamax, clipping at ``grad_clip``, optional update skipping
+    at ``skip_threshold`` with the engine's cap on consecutive skips). ``batch_size`` 5 stands
+    for the source's accumulation of 5 steps of batch 1: the gradients are equal, only the
+    memory differs. With ``warmup_epochs > 0`` (the ``mri-ct-mae`` config) a ``"warmup"`` stage
+    comes first: batch 1, no clipping, reconstruction terms only (A2A, B2B and their KLs), on
+    inputs and targets moved to the upper half of the value range, as the source's warm-up
+    (which maps ``[0, 1]`` images to ``[0.5, 1]``).
+    """
+
+    name = "phvae"
+    version = "1.0"
+    api_version = API_VERSION
+    capabilities = frozenset({RECONSTRUCT, TRANSLATE, SAMPLE})
+    dims = frozenset({2})
+    configs = {
+        "ndvi-rgb-nll": _NDVI_RGB_NLL,
+        "ndvi-rgb-mae": _NDVI_RGB_MAE,
+        "mri-ct-nll": _MRI_CT_NLL,
+        "mri-ct-mae": _MRI_CT_MAE,
+        "tiny": _TINY,
+    }
+    default_config = "ndvi-rgb-nll"
+
+    def __init__(self, config: Mapping[str, Any], spec: DataSpec) -> None:
+        super().__init__()
+        reason = self.incompatibility(spec)
+        if reason:
+            raise BenchError(reason)
+        if config["head"] not in ("dmol", "mae"):
+            raise BenchError(f"unknown head {config['head']!r}; valid: dmol, mae")
+        self.config = dict(config)
+        self.modalities = tuple(spec.modalities)
+        self.size = spec.shape[0]
+        self.value_range = (float(spec.value_range[0]), float(spec.value_range[1]))
+        self.train_size = config["train_size"] or spec.split_sizes.get("train")
+        self.temperature = float(config["eval_temperature"])
+        try:
+            self.branches = nn.ModuleList(
+                HVAE(
+                    channels, self.size, config["width"], config["n_resolutions"], config["blocks_per_resolution"],
+                    config["zdim"], config["bottleneck"], translational=True, head=config["head"],
+                    mixtures=config["dmol_mixtures"], bits=config["dmol_bits"],
+                )
+                for channels in spec.channels
+            )  # fmt: skip
+        except ValueError as exc:
+            raise BenchError(f"phvae: {exc}") from exc
+
+    @classmethod
+    def incompatibility(cls, spec: DataSpec) -> str | None:
+        """Why ``spec`` cannot be served: 3D or single-modality data, or a non-square / non-power-of-two size."""
+        if spec.dims not in cls.dims:
+            return f"phvae is 2D; dataset is {spec.dims}D"
+        if not spec.paired:
+            return f"phvae translates between two paired modalities; dataset has {len(spec.modalities)}"
+        h, w = spec.shape
+        if h != w:
+            return f"phvae needs square images; dataset is {h}x{w}"
+        if h & (h - 1):
+            return f"phvae needs a power-of-two image size (it halves the resolution down the hierarchy); got {h}"
+        return None
+
+    # -- value ranges -------------------------------------------------------------------------
+
+    def _to_unit(self, x: Tensor) -> Tensor:
+        """Dataset range -> ``[-1, 1]`` (the space of the encoders and the DMOL bins)."""
+        lo, hi = self.value_range
+        return (x - lo) * (2.0 / (hi - lo)) - 1.0
+
+    def _from_unit(self, y: Tensor) -> Tensor:
+        lo, hi = self.value_range
+        return (y + 1.0) * ((hi - lo) / 2.0) + lo
+
+    def _index(self, modality: str) -> int:
+        if modality not in self.modalities:
+            raise BenchError(f"phvae was built for modalities {self.modalities}, not {modality!r}")
+        return self.modalities.index(modality)
+
+    # -- training -----------------------------------------------------------------------------
+
+    def terms(self, xs: list[Tensor], translate: bool = True) -> dict[str, Tensor]:
+        """Per-sample loss terms ``(N,)`` for images ``xs`` (one per modality, in ``[-1, 1]``).
+
+        Keys: ``rec_A``, ``kl_A`` (and B) for reconstructions; with ``translate`` also
+        ``rec_B2A``, ``kl_B2A``, ``rec_A2B``, ``kl_A2B``.
+        """
+        acts = [branch.encoder(x) for branch, x in zip(self.branches, xs, strict=True)]
+        out: dict[str, Tensor] = {}
+        routes = [(i, i) for i in range(2)] + ([(1, 0), (0, 1)] if translate else [])
+        for source, target in routes:
+            branch, x = self.branches[target], xs[target]
+            params, kls = branch.decoder(acts[source], translate=source != target)
+            src, dst = self.modalities[source], self.modalities[target]
+            name = dst if source == target else f"{src}2{dst}"
+            out[f"rec_{name}"] = branch.recon_term(params, x)
+            out[f"kl_{name}"] = sum(kl.sum(dim=(1, 2, 3)) for kl in kls) / x[0].numel()
+        return out
+
+    def loss(self, batch: Mapping[str, Any]) -> dict[str, Tensor]:
+        """Main-stage loss of a collated batch: reconstructions, translations and their KLs."""
+        xs = [self._to_unit(batch[m]) for m in self.modalities]
+        if self.training:
+            xs = self._augment(xs)
+        t = self.terms(xs, translate=True)
+        a, b = self.modalities
+        cfg = self.config
+        recon = t[f"rec_{a}"] + t[f"rec_{b}"] + cfg["kl_weight"] * (t[f"kl_{a}"] + t[f"kl_{b}"])
+        trans_kl = t[f"kl_{b}2{a}"] + t[f"kl_{a}2{b}"]
+        trans = t[f"rec_{b}2{a}"] + t[f"rec_{a}2{b}"] + cfg["translation_kl_weight"] * trans_kl
+        total = (recon + cfg["translation_weight"] * trans).mean()
+        return {"loss": total, **{k: v.detach().mean() for k, v in t.items()}}
+
+    def warmup_loss(self, batch: Mapping[str, Any]) -> dict[str, Tensor]:
+        """Warm-up loss: reconstruction terms only, on images moved to the upper half of the range.
+
+        The source maps its ``[0, 1]`` images to ``[0.5, 1]`` (no augmentation); in the
+        encoders' ``[-1, 1]`` space that is ``x -> (x + 1) / 2``.
+        """
+        xs = [(self._to_unit(batch[m]) + 1.0) / 2.0 for m in self.modalities]
+        t = self.terms(xs, translate=False)
+        a, b = self.modalities
+        total = t[f"rec_{a}"] + t[f"rec_{b}"] + self.config["kl_weight"] * (t[f"kl_{a}"] + t[f"kl_{b}"])
+        return {"loss": total.mean(), **{k: v.detach().mean() for k, v in t.items()}}
+
+    def _augment(self, xs: list[Tensor]) -> list[Tensor]:
+        """The same random flips and resized crop applied to both modalities of each pair."""
+        aug = self.config["augment"]
+        both = torch.cat(xs, dim=1)
+        n, device = both.shape[0], both.device
+
+        def coin() -> Tensor:
+            return (torch.rand(n, device=device) < 0.5)[:, None, None, None]
+
+        if aug["vflip"]:
+            both = torch.where(coin(), both.flip(-2), both)
+        if aug["hflip"]:
+            both = torch.where(coin(), both.flip(-1), both)
+        if aug["shift"] and aug["scale"]:
+            both = torch.where(coin(), self._resized_crop(both, aug["shift"], aug["scale"]), both)
+        return list(both.split([x.shape[1] for x in xs], dim=1))
+
+    def _resized_crop(self, x: Tensor, shift: int, scale: float) -> Tensor:
+        """Crop a box of ``size * (1 +- scale)`` px per axis at an integer offset, resized back.
+
+        Outside the image the crop reads the range's low end (black), as torchvision's crop
+        pads with zeros in the source's ``[0, 1]`` images.
+        """
+        n, size = x.shape[0], self.size
+        extent = (size * (1.0 + scale * (2.0 * torch.rand(n, 2) - 1.0))).floor()  # (h, w), truncated as int()
+        offset = torch.randint(-(shift // 2), shift // 2 + 1, (n, 2)).float()  # (top, left)
+        theta = torch.zeros(n, 2, 3)
+        theta[:, 0, 0], theta[:, 1, 1] = extent[:, 1] / size, extent[:, 0] / size
+        theta[:, 0, 2] = (2.0 * offset[:, 1] + extent[:, 1]) / size - 1.0
+        theta[:, 1, 2] = (2.0 * offset[:, 0] + extent[:, 0]) / size - 1.0
+        grid = F.affine_grid(theta.to(x), list(x.shape), align_corners=False)
+        # Sampling x + 1 with zero padding pads with -1 once shifted back.
+        return F.grid_sample(x + 1.0, grid, mode="bilinear", padding_mode="zeros", align_corners=False) - 1.0
+
+    def _default_steps(self, epochs: int, batch: int) -> int:
+        if not self.train_size:
+            raise BenchError(
+                "phvae: the dataset reports no train split size, so epochs cannot be turned into steps; "
+                "set the model config's train_size (or steps)"
+            )
+        return epochs * _steps_per_epoch(self.train_size, batch)
+
+    def stages(self) -> list[TrainingStage]:
+        """``"warmup"`` (when ``warmup_epochs > 0``) then ``"main"``, both with Adamax."""
+        cfg = self.config
+        stages = []
+        if cfg["warmup_epochs"] > 0:
+            stages.append(
+                TrainingStage(
+                    name="warmup",
+                    parameters=self.parameters,
+                    loss=self.warmup_loss,
+                    optimizer=OptimizerSpec("adamax", lr=cfg["lr"]),
+                    default_steps=self._default_steps(cfg["warmup_epochs"], cfg["warmup_batch_size"]),
+                    batch_size=cfg["warmup_batch_size"],
+                )
+            )
+        stages.append(
+            TrainingStage(
+                name="main",
+                parameters=self.parameters,
+                loss=self.loss,
+                optimizer=OptimizerSpec("adamax", lr=cfg["lr"]),
+                grad_clip=cfg["grad_clip"],
+                skip_threshold=cfg["skip_threshold"],
+                ema_decay=cfg["ema_decay"],
+                default_steps=cfg["steps"] or self._default_steps(cfg["epochs"], cfg["batch_size"]),
+                batch_size=cfg["batch_size"],
+            )
+        )
+        return stages
+
+    # -- capabilities -------------------------------------------------------------------------
+
+    def reconstruct(self, x: Tensor, modality: str) -> Tensor:
+        """Encode and decode ``x`` of ``modality`` at ``self.temperature``, in the data's value range."""
+        return self.translate(x, modality, modality)
+
+    def translate(self, x: Tensor, source: str, target: str) -> Tensor:
+        """Map ``x`` of ``source`` to ``target`` at ``self.temperature`` (``source == target``: reconstruct)."""
+        i, j = self._index(source), self._index(target)
+        t = self.temperature
+        with torch.no_grad():
+            acts = self.branches[i].encoder(self._to_unit(x))
+            decoder = self.branches[j].decoder
+            params, _ = decoder(acts, translate=i != j, temperature=t)
+            return self._from_unit(decoder.head.sample(params, t))
+
+    def sample(self, n: int, temperature: float = 1.0, generator: torch.Generator | None = None) -> Tensor:
+        """``n`` images of the first modality drawn from its decoder's prior at ``temperature``."""
+        with torch.no_grad():
+            decoder = self.branches[0].decoder
+            params = decoder.sample(n, temperature, generator)
+            return self._from_unit(decoder.head.sample(params, temperature, generator))
+
+    def evaluation_metrics(self, loader: Iterable[Mapping[str, Any]]) -> dict[str, float]:
+        """Per-modality KLs, ELBO and posterior-collapse counts of the reconstruction paths on ``loader``.
+
+        Latents are drawn from the posteriors at temperature 1 with a fixed seed. Keys, for
+        each modality ``m``:
+
+        - ``kl/m/groupNN``: KL of latent group ``NN`` (coarsest first), nats per image;
+        - ``kl/m``: their sum; ``elbo/m``: ``-(NLL + KL)`` in nats per image and ``bpd/m``:
+          ``-elbo / (C*H*W*ln 2)`` (DMOL heads only: the likelihood is over 2**dmol_bits bins);
+          ``mae/m`` for MAE heads, which define no likelihood;
+        - ``collapsed_groups/m``: groups whose mean KL per latent dimension is below
+          :data:`COLLAPSE_NATS`; ``posterior_collapse``: 1.0 when any group collapsed.
+        """
+        device = next(self.parameters()).device
+        generator = torch.Generator().manual_seed(0)
+        sums: dict[str, float] = {}
+        count = 0
+        with torch.no_grad():
+            for batch in loader:
+                for m, branch in zip(self.modalities, self.branches, strict=True):
+                    x = self._to_unit(batch[m].to(device).float())
+                    params, kls = branch.decoder(branch.encoder(x), generator=generator)
+                    per_group = [kl.sum(dim=(1, 2, 3)) for kl in kls]
+                    rec = branch.recon_term(params, x) * (x[0].numel() if self._dmol else 1.0)
+                    values = {f"{'nll' if self._dmol else 'mae'}/{m}": rec, f"kl/{m}": sum(per_group)}
+                    values.update({f"kl/{m}/group{g:02d}": kl for g, kl in enumerate(per_group)})
+                    for key, value in values.items():
+                        sums[key] = sums.get(key, 0.0) + float(value.sum())
+                count += int(batch[self.modalities[0]].shape[0])
+        if count == 0:
+            raise BenchError("phvae.evaluation_metrics: the loader yielded no items")
+        out = {k: v / count for k, v in sums.items()}
+        collapsed_total = 0
+        for m, branch in zip(self.modalities, self.branches, strict=True):
+            groups = branch.decoder.groups
+            collapsed = sum(
+                out[f"kl/{m}/group{g:02d}"] / (group.zdim * group.size**2) < COLLAPSE_NATS
+                for g, group in enumerate(groups)
+            )
+            out[f"collapsed_groups/{m}"] = float(collapsed)
+            collapsed_total += collapsed
+            if self._dmol:
+                dims = branch.channels * self.size**2
+                out[f"elbo/{m}"] = -(out[f"nll/{m}"] + out[f"kl/{m}"])
+                out[f"bpd/{m}"] = -out[f"elbo/{m}"] / (dims * math.log(2.0))
+        out["posterior_collapse"] = float(collapsed_total > 0)
+        return out
+
+    @property
+    def _dmol(self) -> bool:
+        return isinstance(self.branches[0].decoder.head, DmolHead)
+
+
+@hookimpl
+def bench_models() -> list[type]:
+    """Register the ``phvae`` model plugin."""
+    return [PHVAE]
