@@ -98,6 +98,11 @@ class Gold:
     """
 
     name = "gold"
+    obtain = (
+        "Gold Atlas male pelvis (Nyholm et al. 2018; request access on Zenodo record 583096), then build the "
+        "side-by-side PNGs with the danhessres/phvae-mrict-preprocess scripts; or `bench data make gold DIR` "
+        "for procedural stand-in pairs in the same format"
+    )
     version = "1.0"
     api_version = API_VERSION
 

@@ -115,6 +115,10 @@ class HipMRI:
     """
 
     name = "hipmri"
+    obtain = (
+        "CSIRO HipMRI study processed 2D slices (HipMRI_study_keras_slices_data, distributed to UQ COMP3710 "
+        "students); or `bench data make hipmri DIR` for procedural stand-in slices in the same layout"
+    )
     version = "1.0"
     api_version = API_VERSION
 
