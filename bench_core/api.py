@@ -94,6 +94,9 @@ class DatasetPlugin(Protocol):
     A plugin that can synthesise data in its own format implements the optional
     classmethod ``make_embedded(root: Path, n: int, seed: int) -> None``; suites then
     use ``root: embedded`` and the engine writes the data once into its cache.
+
+    An optional class attribute ``obtain: str`` says where to get the real data; the
+    engine adds it to the error when a suite names a data folder that does not exist.
     """
 
     name: ClassVar[str]
@@ -207,7 +210,13 @@ class ModelPlugin(Protocol):
 
 @dataclass
 class MetricValue:
-    """A computed metric: value, spread, sample count and the settings that produced it."""
+    """A computed metric: value, spread, sample count and the settings that produced it.
+
+    ``std`` is the population standard deviation (ddof 0) of the per-item values for
+    paired metrics, or the metric's own spread (e.g. over KID subsets); ``None`` when
+    there is none. A metric that cannot run here (FID without its weights) returns
+    ``value = nan`` with ``settings["status"] = "unavailable"`` and ``settings["reason"]``.
+    """
 
     value: float
     std: float | None

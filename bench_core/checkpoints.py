@@ -50,7 +50,8 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 def save_weights(model: torch.nn.Module, directory: Path, meta: dict[str, Any]) -> None:
     """Save the model's state (parameters and buffers) as safetensors plus a JSON meta file."""
     directory.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    # clone(): tied weights share storage, which safetensors refuses; each key gets its own copy.
+    state = {k: v.detach().cpu().clone().contiguous() for k, v in model.state_dict().items()}
     tmp = directory / f".{WEIGHTS}.{os.getpid()}.tmp"
     save_file(state, str(tmp))
     os.replace(tmp, directory / WEIGHTS)

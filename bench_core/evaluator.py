@@ -121,18 +121,23 @@ def evaluate(
             batch = to_device(batch, settings.device)
             for task in tasks:
                 st = state[task.name]
+                # Samples are drawn against test images one for one, at most n_samples in all.
+                n = len(ids) if task.kind != SAMPLE else min(len(ids), settings.n_samples - st.items)
+                if n <= 0:
+                    continue
+                st.items += n
                 t0 = _sync_time(settings.device)
                 with autocast(settings.device, settings.precision):
-                    pred = _run_task(model, task, batch, len(ids), settings, sampler_gen)
+                    pred = _run_task(model, task, batch, n, settings, sampler_gen)
                 elapsed = _sync_time(settings.device) - t0
                 st.batches += 1
                 if st.batches > 1:  # the first batch pays for warm-up; leave it out of throughput
-                    st.timed_items += len(ids)
+                    st.timed_items += n
                     st.timed_seconds += elapsed
                 pred = pred.float()
                 if not torch.isfinite(pred).all():
                     raise BenchError(f"task {task.name}: the model produced NaN or Inf values")
-                target = batch[task.target].float()
+                target = batch[task.target][:n].float()
                 if pred.shape != target.shape:
                     raise BenchError(
                         f"task {task.name}: model output shape {tuple(pred.shape)} differs from the "
@@ -147,10 +152,13 @@ def evaluate(
                     values = metric.update(pred01, target01)
                     if values is not None:
                         per = st.per_file.setdefault(name, {})
-                        per.update(zip(ids, (float(v) for v in values.detach().cpu()), strict=True))
+                        per.update(zip(ids[:n], (float(v) for v in values.detach().cpu()), strict=True))
                 st.keep_grid(pred01, target01, batch, settings.grid_size, spec, lo, hi)
                 if settings.save_images:
-                    _save_images(out_dir / task.name, ids, pred01, prefix="sample_" if task.kind == SAMPLE else "")
+                    if task.kind == SAMPLE:  # samples have no input to be named after: number them
+                        _save_images(out_dir / task.name, ids[:n], pred01, prefix="sample_", start=st.items - n)
+                    else:
+                        _save_images(out_dir / task.name, ids, pred01)
             if settings.save_images:
                 for modality in spec.modalities:
                     folder = f"gt{modality}" if spec.paired else "gt"
@@ -201,6 +209,7 @@ class _TaskState:
         self.timed_seconds = 0.0
         self.timed_items = 0
         self.batches = 0
+        self.items = 0
         self.clamped = 0
         self.values_total = 0
         self.grid_rows: list[list[torch.Tensor]] = []  # columns of (gt, pred, |err|) or (source, sample)
@@ -254,10 +263,10 @@ def _to_uint8(x: torch.Tensor) -> np.ndarray:
     return arr[0] if arr.shape[0] == 1 else np.moveaxis(arr, 0, -1)
 
 
-def _save_images(folder: Path, ids: list[str], images01: torch.Tensor, prefix: str = "") -> None:
+def _save_images(folder: Path, ids: list[str], images01: torch.Tensor, prefix: str = "", start: int = 0) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     for i, item_id in enumerate(ids):
-        name = f"{prefix}{i:05d}" if prefix else Path(item_id).name
+        name = f"{prefix}{start + i:05d}" if prefix else Path(item_id).name
         Image.fromarray(_to_uint8(_view2d(images01[i]))).save(folder / f"{name}.png")
 
 

@@ -51,5 +51,7 @@ def bench_result_written(row: dict[str, Any]) -> None:
 def bench_report_sections(store_path: str) -> list[dict[str, str]]:
     """Return extra report sections as ``{"title": ..., "html": ...}`` dicts.
 
+    ``store_path`` is the run's output directory, the folder holding ``results.sqlite``.
+
     The ``html`` is inserted as given (a plugin is trusted code); titles are escaped.
     """

@@ -41,6 +41,11 @@ class PluginSource:
     error: str | None = None
     provides: list[tuple[str, str]] = field(default_factory=list)  # (kind, name)
 
+    @property
+    def key(self) -> str:
+        """``dist:entry_point``: unique even when two distributions use one entry-point name."""
+        return f"{self.distribution}:{self.entry_point}"
+
 
 @dataclass
 class Registered:
@@ -92,7 +97,7 @@ class Registry:
     def _source_of(self, plugin: Any) -> PluginSource:
         name = self.pm.get_name(plugin)
         for source in self.sources:
-            if source.entry_point == name:
+            if source.key == name:
                 return source
         # Registered directly (tests, `-p module`): describe it by its module.
         source = PluginSource(name or repr(plugin), getattr(plugin, "__name__", repr(plugin)), "(direct)", "")
@@ -117,13 +122,17 @@ class Registry:
         if dist:
             candidates = [r for r in candidates if r.source.distribution == dist]
         if not candidates:
-            broken = [s for s in self.sources if s.error and s.entry_point == short]
-            if broken:
+            broken = [s for s in self.sources if s.error]
+            named = [s for s in broken if s.entry_point == short]
+            if named:
                 raise PluginError(
-                    f"{kind} plugin {name!r} failed to load: {broken[0].error} (run `bench plugins` for details)"
+                    f"{kind} plugin {name!r} failed to load: {named[0].error} (run `bench plugins` for details)"
                 )
             installed = ", ".join(self.names(kind)) or "none"
-            raise PluginError(f"unknown {kind} plugin {name!r}; installed {kind}s: {installed}")
+            others = ""
+            if broken:  # the wanted class may live in a plugin module that failed or was refused
+                others = "; plugins that failed to load: " + "; ".join(f"{s.key} ({s.error})" for s in broken)
+            raise PluginError(f"unknown {kind} plugin {name!r}; installed {kind}s: {installed}{others}")
         if len(candidates) > 1:
             providers = " and ".join(
                 f"{r.source.distribution} (entry point {r.source.entry_point!r} -> {r.source.value})"
@@ -184,18 +193,18 @@ def load_registry(only: list[str] | None = None, extra_modules: list[ModuleType]
         dist = ep.dist.name if ep.dist else "(unknown)"
         source = PluginSource(ep.name, ep.value, dist, ep.dist.version if ep.dist else "")
         sources.append(source)
-        if pm.get_plugin(ep.name) is not None:
-            source.error = f"entry point name {ep.name!r} is already registered by another distribution"
+        if pm.get_plugin(source.key) is not None:  # the same distribution seen twice on sys.path
+            source.error = f"{source.key} is installed twice; the first copy found is used"
             continue
         try:
-            pm.register(ep.load(), name=ep.name)
+            pm.register(ep.load(), name=source.key)
         except Exception as exc:
             source.error = _short_error(exc)
     for module_path in wanted:  # `-p some.module` for a plugin without an entry point
         source = PluginSource(module_path, module_path, "(-p)", "")
         sources.append(source)
         try:
-            pm.register(importlib.import_module(module_path), name=module_path)
+            pm.register(importlib.import_module(module_path), name=source.key)
         except Exception as exc:
             source.error = _short_error(exc)
     for module in extra_modules or []:

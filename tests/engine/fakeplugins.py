@@ -166,7 +166,7 @@ class Toy3D(nn.Module):
 class MAE:
     """Mean absolute error per item (a paired metric)."""
 
-    name = "mae"
+    name = "toy-mae"
     version = "1.0"
     api_version = API_VERSION
     higher_is_better = False

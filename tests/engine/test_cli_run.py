@@ -39,15 +39,17 @@ def test_run_report_and_rerun_keeps_finished_cells(run_bench, write_suite, tmp_p
     assert "consecutive updates skipped" in status[("diverges", "toy")][1]
     assert status[("toy-3d", "toy")] == ("skipped", "toy-3d handles [3]D data; toy is 2D")
     tasks = {(r["model"], r["dataset"], r["task"], r["metric"]) for r in results}
-    assert ("toy-ae", "toy", "recon", "mae") in tasks
+    assert ("toy-ae", "toy", "recon", "toy-mae") in tasks
     assert ("toy-ae", "toy", "sample", "mean-gap") in tasks  # distribution metric on samples
-    assert ("toy-ae", "toy", "sample", "mae") not in tasks  # paired metric has no partner for samples
+    assert ("toy-ae", "toy", "sample", "toy-mae") not in tasks  # paired metric has no partner for samples
     for task in ("A2A", "B2B", "A2B", "B2A"):
-        assert ("toy-ae", "toy-paired", task, "mae") in tasks
+        assert ("toy-ae", "toy-paired", task, "toy-mae") in tasks
     assert ("toy-ae", "toy", "train", "ae.images_per_s") in tasks
     assert ("toy-ae", "toy", "model", "pid") in tasks
     mae = next(
-        r for r in results if (r["model"], r["dataset"], r["task"], r["metric"]) == ("toy-ae", "toy", "recon", "mae")
+        r
+        for r in results
+        if (r["model"], r["dataset"], r["task"], r["metric"]) == ("toy-ae", "toy", "recon", "toy-mae")
     )
     assert mae["n"] == 12 and 0 <= mae["value"] < 1
     provenance = json.loads(mae["provenance"])
@@ -57,10 +59,11 @@ def test_run_report_and_rerun_keeps_finished_cells(run_bench, write_suite, tmp_p
     assert sorted(p.name for p in (cell_dir / "gt").iterdir())[:2] == ["item_000.png", "item_001.png"]
     assert len(list((cell_dir / "recon").iterdir())) == 12
     assert (cell_dir / "recon_grid.png").exists() and (cell_dir / "sample_grid.png").exists()
+    assert len(list((cell_dir / "sample").iterdir())) == 6  # evaluation.n_samples caps the draws
     paired_dir = out / "cells" / "toy-ae__toy-paired__seed0"
     assert {p.name for p in paired_dir.iterdir()} >= {"gtA", "gtB", "A2A", "B2B", "A2B", "B2A", "eval.json"}
     evaluation = json.loads((cell_dir / "eval.json").read_text())
-    assert len(evaluation["recon"]["mae"]["per_file"]) == 12
+    assert len(evaluation["recon"]["toy-mae"]["per_file"]) == 12
     html = (out / "index.html").read_text()
     assert "toy-ae" in html and "consecutive updates skipped" in html and "toy-3d handles" in html
 
@@ -114,7 +117,7 @@ def test_export_formats_and_report_rebuild(run_bench, write_suite, tmp_path):
     rebuilt = run_bench("report", str(out))
     assert rebuilt.returncode == 0 and (out / "index.html").exists()
     md = run_bench("export", str(out), "--format", "markdown")
-    assert "### toy / recon" in md.stdout and "| toy-ae |" in md.stdout and "mae ↓" in md.stdout
+    assert "### toy / recon" in md.stdout and "| toy-ae |" in md.stdout and "toy-mae ↓" in md.stdout
     tex = run_bench("export", str(out), "--format", "latex")
     assert "\\begin{tabular}" in tex.stdout and "\\textbf{" in tex.stdout
     for fmt in ("csv", "json", "parquet"):
@@ -124,7 +127,7 @@ def test_export_formats_and_report_rebuild(run_bench, write_suite, tmp_path):
     import pandas as pd
 
     frame = pd.read_csv(out / "results.csv")
-    assert set(frame["metric"]) >= {"mae", "mean-gap"}
+    assert set(frame["metric"]) >= {"toy-mae", "mean-gap"}
     missing = run_bench("report", str(tmp_path / "nowhere"))
     assert missing.returncode == 2 and "no results store" in missing.stderr
 

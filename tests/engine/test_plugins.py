@@ -116,3 +116,40 @@ def test_help_is_fast_and_does_not_import_torch():
     elapsed = time.perf_counter() - t0
     assert "usage: bench" in result.stdout and result.stdout.strip().endswith("NO-TORCH")
     print(f"bench --help took {elapsed:.3f} s")  # shown with -s; the speed target lives in the benchmarks
+
+
+def test_same_entry_point_name_in_two_distributions_both_load(tmp_path):
+    make_dist(tmp_path, "first_dist", "first_mod", "net", MODEL_PLUGIN.format(name="net-a"))
+    make_dist(tmp_path, "second_dist", "second_mod", "net", MODEL_PLUGIN.format(name="net-b"))
+    sys.path.insert(0, str(tmp_path))
+    try:
+        registry = load_registry()
+        assert registry.get("model", "net-a").source.distribution == "first_dist"
+        assert registry.get("model", "net-b").source.distribution == "second_dist"
+    finally:
+        sys.path.remove(str(tmp_path))
+
+
+def test_refused_class_is_named_when_its_name_is_asked_for(tmp_path):
+    body = MODEL_PLUGIN.format(name="future-net").replace("api_version = API_VERSION", "api_version = 2")
+    make_dist(tmp_path, "future_models", "future_mod", "future", body)
+    sys.path.insert(0, str(tmp_path))
+    try:
+        with pytest.raises(PluginError, match=r"unknown model plugin 'future-net'.*future_models:future .*API v2"):
+            load_registry().get("model", "future-net")
+    finally:
+        sys.path.remove(str(tmp_path))
+
+
+def test_tied_weights_save_and_load(tmp_path):
+    import torch
+
+    from bench_core.checkpoints import load_weights, save_weights
+
+    model = torch.nn.Sequential(torch.nn.Embedding(5, 3), torch.nn.Linear(3, 5, bias=False))
+    model[1].weight = model[0].weight  # tied (5 x 3 both)
+    save_weights(model, tmp_path, {})
+    fresh = torch.nn.Sequential(torch.nn.Embedding(5, 3), torch.nn.Linear(3, 5, bias=False))
+    fresh[1].weight = fresh[0].weight
+    load_weights(fresh, tmp_path / "model.safetensors")
+    assert torch.equal(fresh[0].weight, model[0].weight) and fresh[1].weight is fresh[0].weight

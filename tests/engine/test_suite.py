@@ -19,7 +19,7 @@ def write(tmp_path: Path, text: str) -> Path:
 def test_valid_suite_defaults(tmp_path):
     suite = load_suite(write(tmp_path, yaml.safe_dump(toy_suite())))
     assert suite.name == "toy" and suite.seeds == [0]
-    assert suite.metrics[0].plugin == "mae"  # shorthand expanded
+    assert suite.metrics[0].plugin == "toy-mae"  # shorthand expanded
     assert suite.resolved_output_dir == Path("reports/toy")
     assert len(suite.source_hash) == 16
     assert suite.models[0].label == "toy-ae"

@@ -10,8 +10,8 @@ def toy_suite(**overrides) -> dict:
         "device": "cpu",
         "models": [{"plugin": "toy-ae", "budget": {"steps": 12, "checkpoint_every": 5}}],
         "datasets": [{"plugin": "toy", "root": "embedded"}],
-        "metrics": ["mae", "mean-gap"],
-        "evaluation": {"batch_size": 4, "grid_size": 4},
+        "metrics": ["toy-mae", "mean-gap"],
+        "evaluation": {"batch_size": 4, "grid_size": 4, "n_samples": 6},
     }
     suite.update(overrides)
     return suite

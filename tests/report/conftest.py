@@ -127,7 +127,7 @@ def cli_run(tmp_path_factory) -> Path:
             {"plugin": "toy-3d"},
         ],
         "datasets": [{"plugin": "toy", "root": "embedded"}],
-        "metrics": ["mae", "mean-gap"],
+        "metrics": ["toy-mae", "mean-gap"],
         "evaluation": {"batch_size": 4, "grid_size": 4},
     }
     (root / "suite.yaml").write_text(yaml.safe_dump(suite, sort_keys=False))

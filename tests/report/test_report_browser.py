@@ -60,13 +60,13 @@ def test_report_in_chromium(cli_run, tmp_path):
             assert boards.count() >= 3  # recon, sample, train (+ model) on the toy dataset
             recon = 'table.leaderboard[data-task="recon"]'
             assert page.locator(f"{recon} tbody tr").count() == 2  # two finished models; failed ones are listed apart
-            assert page.locator(f"{recon} thead th").count() == 4  # model, images_per_s, mae, mean-gap
+            assert page.locator(f"{recon} thead th").count() == 4  # model, images_per_s, toy-mae, mean-gap
             assert "<script>alert(1)</script>" in page.locator(f"{recon} tbody").inner_text()  # shown as text
             assert page.locator("table.problems tbody tr").count() == 4  # 2 failed + 2 skipped cells
             assert "toy-3d handles [3]D data" in page.locator("table.problems").inner_text()
 
-            # mae is lower-is-better: first click sorts ascending, second descending.
-            header = page.locator(f"{recon} thead th", has_text="mae")
+            # toy-mae is lower-is-better: first click sorts ascending, second descending.
+            header = page.locator(f"{recon} thead th", has_text="toy-mae")
             header.click()
             asc = _values(page, recon, 2)
             assert asc == sorted(asc)
@@ -78,7 +78,7 @@ def test_report_in_chromium(cli_run, tmp_path):
             assert names == sorted(names)
 
             ARTIFACTS.mkdir(exist_ok=True)
-            page.locator(f"{recon} thead th", has_text="mae").click()
+            page.locator(f"{recon} thead th", has_text="toy-mae").click()
             page.screenshot(path=str(ARTIFACTS / "report.png"), full_page=True)
 
             cell_link = page.locator(f"{recon} tbody a.seed").first
