@@ -1,0 +1,335 @@
+"""The two-level VQ-VAE-2 network shared by the ``vqvae2`` and ``pixelcnn`` model plugins.
+
+Two layer layouts reproduce the two sources (``models.md`` sections 3.2 and 5.1):
+
+- ``"rosinality"`` (seed 004): residual blocks without normalisation, a stride-4 bottom
+  encoder and a stride-2 top encoder, decoders mirroring them; the blocks of
+  :mod:`vq_layers` are reused.
+- ``"bn_dropout"`` (seed 002): every convolution followed by batch norm, residual layers
+  ending in batch norm and dropout, and a downsampling count derived from the input and
+  latent sizes (``log2(in / out)``), here one halving per level for a 64 -> 32 -> 16 stack.
+
+Both share the VQ-VAE-2 wiring: bottom features -> top encoder -> top quantiser; top
+decoder output concatenated with the bottom features -> bottom quantiser; decoding
+upsamples the top codes with a transposed convolution and concatenates them with the
+bottom codes. Both quantisers are EMA codebooks, which move only in training mode.
+
+This module also holds the VQ-VAE part of the named configs, the input checks and the
+per-level code statistics, so the two plugins agree on them without importing each other.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from bench_core.api import DataSpec
+
+from .vq_layers import CodeUsage, Decoder, Encoder, QuantizerOutput, ResidualStack, VectorQuantizerEMA
+
+LAYOUTS = ("rosinality", "bn_dropout")
+
+VQ2_SEED002: dict[str, Any] = {
+    # models.md 3.2: ResponsiveVQVAE2 on 64x64 OASIS slices (bottom 32x32, top 16x16).
+    "layers": "bn_dropout",
+    "hidden": 128,
+    "res_hidden": 32,
+    "n_res_layers": 2,
+    "dropout": 0.2,
+    "embedding_dim": 64,
+    "n_embeddings": 512,
+    "beta": 0.25,
+    # log2(64 / 32): one halving from the image to the bottom grid (the top adds one more).
+    "bottom_down": 1,
+    "ema_decay": 0.99,
+    "eps": 1e-5,
+    "dead_code_restart": False,
+    "dead_code_threshold": 1.0,
+    "lr": 1e-3,
+    "batch_size": 64,
+    # 100 epochs of the 9 664-slice PNG training split at batch 64 (151 steps per epoch).
+    "steps": 15_100,
+    "channels_last": False,
+}
+
+VQ2_SEED004: dict[str, Any] = {
+    **VQ2_SEED002,
+    # models.md 5.1 / 5.3: rosinality layers on 256x128 HipMRI slices (bottom 64x32, top 32x16).
+    "layers": "rosinality",
+    "dropout": 0.0,
+    "bottom_down": 2,
+    "lr": 3e-5,
+    "batch_size": 10,
+    # 20 epochs of the 11 460-slice training split at batch 10 (the committed training log).
+    "steps": 22_920,
+}
+
+VQ2_TINY: dict[str, Any] = {
+    **VQ2_SEED004,
+    # A 1-thread CPU quickstart on 64x32 or 64x64 images: 200 steps in well under a minute.
+    "hidden": 32,
+    "res_hidden": 8,
+    "n_res_layers": 1,
+    "embedding_dim": 16,
+    "n_embeddings": 64,
+    # Short runs collapse a randn-initialised EMA codebook onto a few codes without restarts.
+    "dead_code_restart": True,
+    "lr": 2e-3,
+    "batch_size": 16,
+    "steps": 200,
+}
+
+
+@contextmanager
+def eval_mode(module: nn.Module) -> Iterator[None]:
+    """Run ``module`` in eval mode, then restore its previous mode.
+
+    Evaluation and code extraction must never move batch-norm or codebook statistics, even
+    when the caller left the model in training mode (a source bug updated the EMA codebooks
+    on validation batches).
+    """
+    was_training = module.training
+    module.eval()
+    try:
+        yield
+    finally:
+        module.train(was_training)
+
+
+def input_problem(name: str, spec: DataSpec, bottom_down: int) -> str | None:
+    """Why a VQ-VAE-2 with ``bottom_down`` halvings to the bottom grid cannot serve ``spec``."""
+    if spec.dims != 2:
+        return f"{name} is 2D; dataset is {spec.dims}D"
+    if len(spec.modalities) != 1:
+        return f"{name} models single-modality data; dataset is paired ({', '.join(spec.modalities)})"
+    factor = 2 ** (bottom_down + 1)  # the top grid is one more halving below the bottom grid
+    if any(size % factor for size in spec.shape):
+        return f"spatial shape {tuple(spec.shape)} must be divisible by {factor} (bottom and top downsampling)"
+    return None
+
+
+def latent_shapes(shape: tuple[int, ...], bottom_down: int) -> tuple[tuple[int, int], tuple[int, int]]:
+    """Top and bottom code-grid shapes for an input of spatial ``shape``."""
+    h, w = shape
+    bottom = (h // 2**bottom_down, w // 2**bottom_down)
+    return (bottom[0] // 2, bottom[1] // 2), bottom
+
+
+class BNResidualStack(nn.Sequential):
+    """Seed 002's residual stack: layers ``x + drop(bn(conv1x1(relu(conv3x3(relu(x))))))``, then ReLU.
+
+    Both convolutions have no bias (batch norm follows); dropout is active only in training.
+    """
+
+    def __init__(self, channels: int, hidden: int, n_layers: int, dropout: float) -> None:
+        super().__init__(*[_BNResLayer(channels, hidden, dropout) for _ in range(n_layers)], nn.ReLU())
+
+
+class _BNResLayer(nn.Module):
+    def __init__(self, channels: int, hidden: int, dropout: float) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.ReLU(),
+            nn.Conv2d(channels, hidden, 3, padding=1, bias=False),
+            nn.ReLU(),
+            nn.Conv2d(hidden, channels, 1, bias=False),
+            nn.BatchNorm2d(channels),
+            nn.Dropout(dropout),
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x + self.body(x)
+
+
+class BNEncoder(nn.Sequential):
+    """Seed 002's encoder: downsample by ``2**n_down`` to ``hidden`` channels with batch norm.
+
+    3x3 conv to ``hidden / 2**n_down`` + BN + ReLU, ``n_down`` 4x4 stride-2 convs doubling the
+    channels (each + BN + ReLU), a 3x3 conv + BN, then a :class:`BNResidualStack`.
+    """
+
+    def __init__(
+        self, in_channels: int, hidden: int, res_hidden: int, n_res_layers: int, n_down: int, dropout: float
+    ) -> None:
+        if n_down < 1 or hidden % 2**n_down:
+            raise ValueError(f"hidden={hidden} must be divisible by 2**n_down with n_down={n_down} >= 1")
+        channels = hidden // 2**n_down
+        layers: list[nn.Module] = [nn.Conv2d(in_channels, channels, 3, padding=1), nn.BatchNorm2d(channels), nn.ReLU()]
+        for _ in range(n_down):
+            layers += [nn.Conv2d(channels, 2 * channels, 4, stride=2, padding=1), nn.BatchNorm2d(2 * channels)]
+            layers.append(nn.ReLU())
+            channels *= 2
+        layers += [nn.Conv2d(hidden, hidden, 3, padding=1), nn.BatchNorm2d(hidden)]
+        layers.append(BNResidualStack(hidden, res_hidden, n_res_layers, dropout))
+        super().__init__(*layers)
+
+
+class BNDecoder(nn.Sequential):
+    """Seed 002's decoder: upsample by ``2**n_up`` to ``out_channels``.
+
+    3x3 conv to ``hidden`` + BN, a :class:`BNResidualStack`, ``n_up`` 4x4 stride-2 transposed
+    convs halving the channels (each + BN + ReLU), then a 3x3 transposed conv to
+    ``out_channels`` without normalisation or activation (outputs keep the data's range).
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        hidden: int,
+        res_hidden: int,
+        n_res_layers: int,
+        n_up: int,
+        dropout: float,
+    ) -> None:
+        if n_up < 1 or hidden % 2**n_up:
+            raise ValueError(f"hidden={hidden} must be divisible by 2**n_up with n_up={n_up} >= 1")
+        layers: list[nn.Module] = [
+            nn.Conv2d(in_channels, hidden, 3, padding=1),
+            nn.BatchNorm2d(hidden),
+            BNResidualStack(hidden, res_hidden, n_res_layers, dropout),
+        ]
+        channels = hidden
+        for _ in range(n_up):
+            layers += [nn.ConvTranspose2d(channels, channels // 2, 4, stride=2, padding=1)]
+            layers += [nn.BatchNorm2d(channels // 2), nn.ReLU()]
+            channels //= 2
+        layers.append(nn.ConvTranspose2d(channels, out_channels, 3, padding=1))
+        super().__init__(*layers)
+
+
+def rosinality_encoder(in_channels: int, hidden: int, res_hidden: int, n_res_layers: int, n_down: int) -> nn.Module:
+    """Seed 004's encoder (rosinality layout) downsampling by ``2**n_down``.
+
+    For ``n_down >= 2`` this is :class:`vq_layers.Encoder`; its stride-2 variant differs only
+    in going through ``hidden / 2`` channels before the 3x3 convolution, as rosinality's does.
+    """
+    if n_down >= 2:
+        return Encoder(in_channels, hidden, res_hidden, n_res_layers, n_down)
+    if n_down != 1 or hidden % 2:
+        raise ValueError(f"hidden={hidden} must be even and n_down={n_down} >= 1")
+    return nn.Sequential(
+        nn.Conv2d(in_channels, hidden // 2, 4, stride=2, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(hidden // 2, hidden, 3, padding=1),
+        ResidualStack(hidden, res_hidden, n_res_layers),
+    )
+
+
+@dataclass
+class VQ2Output:
+    """Reconstruction and the two quantiser outputs of a :class:`VQVAE2Net` forward pass."""
+
+    reconstruction: Tensor
+    top: QuantizerOutput
+    bottom: QuantizerOutput
+
+
+class VQVAE2Net(nn.Module):
+    """Two-level VQ-VAE-2 (top and bottom EMA codebooks) for ``in_channels``-channel images.
+
+    The bottom grid is the input downsampled ``2**bottom_down`` times, the top grid half of
+    it. ``config`` holds the keys of :data:`VQ2_SEED004` (layout, widths, codebook sizes,
+    EMA settings).
+    """
+
+    def __init__(self, in_channels: int, config: Mapping[str, Any]) -> None:
+        super().__init__()
+        if config["layers"] not in LAYOUTS:
+            raise ValueError(f"unknown layers {config['layers']!r}; valid: {', '.join(LAYOUTS)}")
+        hidden, dim = config["hidden"], config["embedding_dim"]
+        res = (config["res_hidden"], config["n_res_layers"])
+        down = config["bottom_down"]
+        if config["layers"] == "rosinality":
+            self.enc_b = rosinality_encoder(in_channels, hidden, *res, down)
+            self.enc_t = rosinality_encoder(hidden, hidden, *res, 1)
+            self.dec_t = Decoder(dim, dim, hidden, *res, 1)
+            self.dec = Decoder(2 * dim, in_channels, hidden, *res, down)
+        else:
+            drop = config["dropout"]
+            self.enc_b = BNEncoder(in_channels, hidden, *res, down, drop)
+            self.enc_t = BNEncoder(hidden, hidden, *res, 1, drop)
+            self.dec_t = BNDecoder(dim, dim, hidden, *res, 1, drop)
+            self.dec = BNDecoder(2 * dim, in_channels, hidden, *res, down, drop)
+        self.quantize_conv_t = nn.Conv2d(hidden, dim, 1)
+        self.quantize_conv_b = nn.Conv2d(dim + hidden, dim, 1)
+        self.upsample_t = nn.ConvTranspose2d(dim, dim, 4, stride=2, padding=1)
+        ema = {
+            "decay": config["ema_decay"],
+            "eps": config["eps"],
+            "dead_code_restart": config["dead_code_restart"],
+            "dead_code_threshold": config["dead_code_threshold"],
+        }
+        self.quantize_t = VectorQuantizerEMA(dim, config["n_embeddings"], **ema)
+        self.quantize_b = VectorQuantizerEMA(dim, config["n_embeddings"], **ema)
+
+    def encode(self, x: Tensor) -> tuple[QuantizerOutput, QuantizerOutput]:
+        """Quantise ``x`` ``(B, C, H, W)``: the top and bottom quantiser outputs."""
+        feat_b = self.enc_b(x)
+        top = self.quantize_t(self.quantize_conv_t(self.enc_t(feat_b)))
+        # The bottom level encodes what the (straight-through) top codes do not explain.
+        bottom = self.quantize_b(self.quantize_conv_b(torch.cat([self.dec_t(top.quantized), feat_b], 1)))
+        return top, bottom
+
+    def decode(self, quant_t: Tensor, quant_b: Tensor) -> Tensor:
+        """Decode quantised top ``(B, D, h, w)`` and bottom ``(B, D, 2h, 2w)`` latents to images."""
+        return self.dec(torch.cat([self.upsample_t(quant_t), quant_b], 1))
+
+    def decode_codes(self, codes_t: Tensor, codes_b: Tensor) -> Tensor:
+        """Decode top ``(B, h, w)`` and bottom ``(B, 2h, 2w)`` code-index grids to images."""
+        return self.decode(self.quantize_t.lookup(codes_t), self.quantize_b.lookup(codes_b))
+
+    def forward(self, x: Tensor) -> VQ2Output:
+        """Encode, quantise and decode ``x``."""
+        top, bottom = self.encode(x)
+        return VQ2Output(self.decode(top.quantized, bottom.quantized), top, bottom)
+
+    def loss(self, x: Tensor, beta: float) -> dict[str, Tensor]:
+        """``MSE(x_hat, x) + beta * (commit_top + commit_bottom)`` plus detached terms to log.
+
+        The codebooks learn by EMA only, so there is no codebook loss term.
+        """
+        out = self(x)
+        recon = F.mse_loss(out.reconstruction, x)
+        total = recon + beta * (out.top.commitment + out.bottom.commitment)
+        return {
+            "loss": total,
+            "recon": recon.detach(),
+            "commit_top": out.top.commitment.detach(),
+            "commit_bottom": out.bottom.commitment.detach(),
+            "perplexity_top": out.top.perplexity.detach(),
+            "perplexity_bottom": out.bottom.perplexity.detach(),
+        }
+
+
+def to_memory_format(module: nn.Module, x: Tensor, channels_last: bool) -> Tensor:
+    """With ``channels_last`` on a CUDA input, put ``module`` and ``x`` in channels-last format.
+
+    Converting the module in place keeps its parameter objects, so an optimiser built before
+    the first batch still holds them. On CPU, or with the option off, both are left alone.
+    """
+    if not (channels_last and x.is_cuda and x.dim() == 4):
+        return x
+    module.to(memory_format=torch.channels_last)
+    return x.contiguous(memory_format=torch.channels_last)
+
+
+def level_usage(net: VQVAE2Net, images: Iterable[Tensor]) -> dict[str, float]:
+    """Per-level codebook usage, perplexity and dead codes over ``images`` (eval mode, no grad).
+
+    Keys are ``top.codebook_usage``, ``top.perplexity``, ``top.dead_codes`` and the same
+    under ``bottom.``.
+    """
+    usage = {"top": CodeUsage(net.quantize_t.n_embeddings), "bottom": CodeUsage(net.quantize_b.n_embeddings)}
+    with eval_mode(net), torch.no_grad():
+        for x in images:
+            top, bottom = net.encode(x)
+            usage["top"].update(top.indices)
+            usage["bottom"].update(bottom.indices)
+    return {f"{level}.{k}": v for level, counter in usage.items() for k, v in counter.summary().items()}

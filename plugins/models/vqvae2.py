@@ -1,0 +1,117 @@
+"""The ``vqvae2`` model plugin: the two-level VQ-VAE-2 of seeds 002 (OASIS) and 004 (HipMRI).
+
+Named configs:
+
+- ``seed002-oasis`` (``models.md`` 3.2): batch-norm + dropout layers, one halving per level
+  (64x64 -> bottom 32x32 -> top 16x16), Adam 1e-3, batch 64;
+- ``seed004-hipmri`` (``models.md`` 5.1): rosinality layers, stride-4 bottom and stride-2 top
+  (256x128 -> 64x32 -> 32x16), Adam 3e-5, batch 10;
+- ``tiny``: the rosinality layout at widths 32/8 and 64 codes of 16 dims (77k parameters) for CPU quickstarts.
+
+Source bugs not reproduced: the EMA codebooks move only in training mode (seed 004 updated
+them on validation batches), and the model never rescales intensities itself (seed 004
+applied ``Normalize(0.5, 0.5)`` to raw MR values): it works in the dataset's value range.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from bench_core.api import API_VERSION, RECONSTRUCT, BenchError, DataSpec, OptimizerSpec, TrainingStage
+from bench_core.hookspecs import hookimpl
+
+from .vq2_layers import (
+    VQ2_SEED002,
+    VQ2_SEED004,
+    VQ2_TINY,
+    VQ2Output,
+    VQVAE2Net,
+    eval_mode,
+    input_problem,
+    level_usage,
+    to_memory_format,
+)
+
+
+class VQVAE2(nn.Module):
+    """Two-level VQ-VAE-2 reconstructing the one modality of a 2D dataset.
+
+    Training loss ``MSE(x_hat, x) + beta * (commit_top + commit_bottom)``; both codebooks
+    learn by EMA. ``evaluation_metrics`` reports codebook usage, perplexity and dead codes
+    per level (``top.*``, ``bottom.*``).
+    """
+
+    name = "vqvae2"
+    version = "1.0"
+    api_version = API_VERSION
+    capabilities = frozenset({RECONSTRUCT})
+    dims = frozenset({2})
+    configs = {"seed002-oasis": VQ2_SEED002, "seed004-hipmri": VQ2_SEED004, "tiny": VQ2_TINY}
+    default_config = "seed004-hipmri"
+
+    def __init__(self, config: Mapping[str, Any], spec: DataSpec) -> None:
+        super().__init__()
+        reason = input_problem(self.name, spec, config["bottom_down"])
+        if reason:
+            raise BenchError(reason)
+        self.config = dict(config)
+        self.modality = spec.modalities[0]
+        try:
+            self.net = VQVAE2Net(spec.channels[0], config)
+        except ValueError as exc:
+            raise BenchError(str(exc)) from exc
+
+    @classmethod
+    def incompatibility(cls, spec: DataSpec) -> str | None:
+        """Why this model cannot serve ``spec``: 3D data, paired data or an indivisible shape."""
+        # The smallest downsampling of the named configs: a larger configured one is checked on construction.
+        return input_problem(cls.name, spec, min(c["bottom_down"] for c in cls.configs.values()))
+
+    def forward(self, x: Tensor) -> VQ2Output:
+        """Encode, quantise and decode ``x`` ``(B, C, H, W)``."""
+        return self.net(to_memory_format(self.net, x, self.config["channels_last"]))
+
+    def stages(self) -> list[TrainingStage]:
+        """One stage, ``"vqvae"``, training every parameter with Adam."""
+        return [
+            TrainingStage(
+                name="vqvae",
+                parameters=self.parameters,
+                loss=self.loss,
+                optimizer=OptimizerSpec("adam", lr=self.config["lr"]),
+                default_steps=self.config["steps"],
+                batch_size=self.config["batch_size"],
+            )
+        ]
+
+    def loss(self, batch: Mapping[str, Any]) -> dict[str, Tensor]:
+        """Training loss of a collated batch with its reconstruction, commitment and perplexity terms."""
+        x = to_memory_format(self.net, batch[self.modality], self.config["channels_last"])
+        return self.net.loss(x, self.config["beta"])
+
+    def reconstruct(self, x: Tensor, modality: str) -> Tensor:
+        """Encode and decode ``x`` of ``modality`` in eval mode, in the input's value range."""
+        if modality != self.modality:
+            raise BenchError(f"vqvae2 was built for modality {self.modality!r}, not {modality!r}")
+        with eval_mode(self), torch.no_grad():
+            return self(x).reconstruction
+
+    def decode_codes(self, codes_t: Tensor, codes_b: Tensor) -> Tensor:
+        """Decode top and bottom code-index grids to images (eval mode, no gradients)."""
+        with eval_mode(self), torch.no_grad():
+            return self.net.decode_codes(codes_t, codes_b)
+
+    def evaluation_metrics(self, loader: Iterable[Mapping[str, Any]]) -> dict[str, float]:
+        """Per-level codebook usage fraction, perplexity and dead-code count of the codes chosen on ``loader``."""
+        device = next(self.parameters()).device
+        return level_usage(self.net, (batch[self.modality].to(device) for batch in loader))
+
+
+@hookimpl
+def bench_models() -> list[type]:
+    """Register the ``vqvae2`` model plugin."""
+    return [VQVAE2]
