@@ -1,12 +1,14 @@
-"""Helpers shared by the paired metrics (PSNR, SSIM): input checks and per-item accumulation.
+"""Helpers shared by the metric plugins: input checks, per-item accumulation, the paired-metric base.
 
-Both metrics take ``(N, C, *spatial)`` float tensors in ``[0, data_range]`` and report the
+The paired metrics (PSNR, SSIM, MS-SSIM) take ``(N, C, *spatial)`` float tensors in ``[0, data_range]`` and report the
 mean and spread of one value per item, so the checks and the bookkeeping live here once.
 """
 
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
+from typing import Any
 
 import numpy as np
 import torch
@@ -130,3 +132,57 @@ class Reservoir:
     def rows(self) -> np.ndarray:
         """The kept rows stacked into one ``(min(seen, capacity), ...)`` array (``seen`` must be > 0)."""
         return np.stack(self._rows)
+
+
+class PairedMetric(ABC):
+    """Shared body of the per-item paired metrics (PSNR, SSIM, MS-SSIM).
+
+    Validates the common options, checks shapes and ranges on each update, accumulates the
+    per-item values and counts clamped inputs. A subclass sets the plugin class attributes,
+    implements :meth:`per_item` and adds its own entries to :meth:`settings`.
+    """
+
+    def __init__(self, data_range: float, dims: int, out_of_range: str) -> None:
+        check_options(self.name, data_range, dims, type(self).dims)
+        if out_of_range not in OUT_OF_RANGE_POLICIES:
+            raise BenchError(f"{self.name}: out_of_range must be one of {OUT_OF_RANGE_POLICIES}, got {out_of_range!r}")
+        self.data_range = float(data_range)
+        # Not `self.dims`: that class attribute lists the supported dims for the registry.
+        self.spatial_dims = dims
+        self.out_of_range = out_of_range
+        self._values = PerItemAccumulator(self.name)
+        self._clamped = 0
+
+    @abstractmethod
+    def per_item(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """The metric of each item of a checked batch (shape ``(N,)``)."""
+
+    def update(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Score a batch; returns the per-item values (shape ``(N,)``, float64)."""
+        check_shapes(self.name, pred, target, self.spatial_dims)
+        pred, n_pred = check_range(self.name, "pred", pred, self.data_range, self.out_of_range)
+        target, n_target = check_range(self.name, "target", target, self.data_range, self.out_of_range)
+        values = self.per_item(pred, target)
+        self._clamped += n_pred + n_target
+        self._values.add(values)
+        return values
+
+    def compute(self) -> MetricValue:
+        """Mean and population std of the per-item values over everything seen since reset."""
+        return self._values.summary(self.settings())
+
+    def reset(self) -> None:
+        """Forget accumulated values and the clamp count."""
+        self._values.reset()
+        self._clamped = 0
+
+    def settings(self) -> dict[str, Any]:
+        """The settings every paired metric shares; subclasses add theirs."""
+        return {
+            "data_range": self.data_range,
+            "dims": self.spatial_dims,
+            "std": STD_KIND,
+            "out_of_range": self.out_of_range,
+            "range_tolerance": RANGE_TOLERANCE * self.data_range,
+            "clamped_values": self._clamped,
+        }

@@ -32,18 +32,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from bench_core.api import API_VERSION, BenchError, MetricValue
+from bench_core.api import API_VERSION, BenchError
 from bench_core.hookspecs import hookimpl
 
-from ._reduce import (
-    OUT_OF_RANGE_POLICIES,
-    RANGE_TOLERANCE,
-    STD_KIND,
-    PerItemAccumulator,
-    check_options,
-    check_range,
-    check_shapes,
-)
+from ._reduce import PairedMetric, check_shapes
 from .ssim import _GAUSSIAN_TRUNCATE, K1, K2, PRESETS, _correlate_valid
 
 MS_SSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
@@ -133,7 +125,7 @@ def msssim_per_item(
     )
 
 
-class MSSSIM:
+class MSSSIM(PairedMetric):
     """Per-item MS-SSIM, reported as mean and population std over all items seen.
 
     Options: ``data_range`` (explicit, never estimated), ``dims`` (2 or 3), ``scales`` (1-5,
@@ -149,43 +141,19 @@ class MSSSIM:
     dims = frozenset({2, 3})
 
     def __init__(self, data_range: float = 1.0, dims: int = 2, scales: int = 5, out_of_range: str = "error") -> None:
-        check_options(self.name, data_range, dims, type(self).dims)
-        if out_of_range not in OUT_OF_RANGE_POLICIES:
-            raise BenchError(f"ms-ssim: out_of_range must be one of {OUT_OF_RANGE_POLICIES}, got {out_of_range!r}")
+        super().__init__(data_range, dims, out_of_range)
         if not (isinstance(scales, int) and 1 <= scales <= len(MS_SSIM_WEIGHTS)):
             raise BenchError(f"ms-ssim: scales must be an integer from 1 to {len(MS_SSIM_WEIGHTS)}, got {scales!r}")
-        self.data_range = float(data_range)
-        # Not `self.dims`: that class attribute lists the supported dims for the registry.
-        self.spatial_dims = dims
         self.scales = scales
-        self.out_of_range = out_of_range
-        self._values = PerItemAccumulator(self.name)
-        self._clamped = 0
 
-    def update(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """Score a batch; returns the per-item MS-SSIM values (shape ``(N,)``, float64)."""
-        check_shapes(self.name, pred, target, self.spatial_dims)
-        pred, n_pred = check_range(self.name, "pred", pred, self.data_range, self.out_of_range)
-        target, n_target = check_range(self.name, "target", target, self.data_range, self.out_of_range)
-        values = msssim_per_item(pred, target, self.data_range, self.scales, self.spatial_dims)
-        self._clamped += n_pred + n_target
-        self._values.add(values)
-        return values
-
-    def compute(self) -> MetricValue:
-        """Mean and population std of the per-item MS-SSIM over everything seen since reset."""
-        return self._values.summary(self.settings())
-
-    def reset(self) -> None:
-        """Forget accumulated values and the clamp count."""
-        self._values.reset()
-        self._clamped = 0
+    def per_item(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Per-item values of a checked batch."""
+        return msssim_per_item(pred, target, self.data_range, self.scales, self.spatial_dims)
 
     def settings(self) -> dict[str, Any]:
         """Every choice that determines the value (stored as provenance)."""
         return {
-            "data_range": self.data_range,
-            "dims": self.spatial_dims,
+            **super().settings(),
             "scales": self.scales,
             "weights": scale_weights(self.scales),
             "weights_source": "Wang et al. 2003 (0.0448, 0.2856, 0.3001, 0.2363, 0.1333), first `scales`, renormalised",
@@ -201,10 +169,6 @@ class MSSSIM:
             "precision": "float64 statistics",
             "border": "valid windows only",
             "reduction": "per channel, mean over channels per item, then mean over items",
-            "std": STD_KIND,
-            "out_of_range": self.out_of_range,
-            "range_tolerance": RANGE_TOLERANCE * self.data_range,
-            "clamped_values": self._clamped,
         }
 
 

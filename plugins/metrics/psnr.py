@@ -14,18 +14,10 @@ from typing import Any
 
 import torch
 
-from bench_core.api import API_VERSION, BenchError, MetricValue
+from bench_core.api import API_VERSION, BenchError
 from bench_core.hookspecs import hookimpl
 
-from ._reduce import (
-    OUT_OF_RANGE_POLICIES,
-    RANGE_TOLERANCE,
-    STD_KIND,
-    PerItemAccumulator,
-    check_options,
-    check_range,
-    check_shapes,
-)
+from ._reduce import PairedMetric, check_shapes
 
 DEFAULT_MAX_DB = 100.0
 
@@ -51,7 +43,7 @@ def psnr_per_item(
     return (10.0 * torch.log10(data_range**2 / mse)).clamp(max=max_db)
 
 
-class PSNR:
+class PSNR(PairedMetric):
     """Per-item PSNR (dB), reported as mean and population std over all items seen.
 
     Options: ``data_range`` (explicit, never estimated), ``dims`` (2 or 3), ``max_db`` (cap
@@ -73,51 +65,23 @@ class PSNR:
         max_db: float = DEFAULT_MAX_DB,
         out_of_range: str = "error",
     ) -> None:
-        check_options(self.name, data_range, dims, type(self).dims)
-        if out_of_range not in OUT_OF_RANGE_POLICIES:
-            raise BenchError(f"psnr: out_of_range must be one of {OUT_OF_RANGE_POLICIES}, got {out_of_range!r}")
+        super().__init__(data_range, dims, out_of_range)
         if not (isinstance(max_db, (int, float)) and math.isfinite(max_db)):
             raise BenchError(f"psnr: max_db must be a finite number, got {max_db!r}")
-        self.data_range = float(data_range)
-        # Not `self.dims`: that class attribute lists the supported dims for the registry.
-        self.spatial_dims = dims
         self.max_db = float(max_db)
-        self.out_of_range = out_of_range
-        self._values = PerItemAccumulator(self.name)
-        self._clamped = 0
 
-    def update(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """Score a batch; returns the per-item PSNR values (shape ``(N,)``, float64)."""
-        check_shapes(self.name, pred, target, self.spatial_dims)
-        pred, n_pred = check_range(self.name, "pred", pred, self.data_range, self.out_of_range)
-        target, n_target = check_range(self.name, "target", target, self.data_range, self.out_of_range)
-        values = psnr_per_item(pred, target, self.data_range, self.max_db, self.spatial_dims)
-        self._clamped += n_pred + n_target
-        self._values.add(values)
-        return values
-
-    def compute(self) -> MetricValue:
-        """Mean and population std of the per-item PSNR over everything seen since reset."""
-        return self._values.summary(self.settings())
-
-    def reset(self) -> None:
-        """Forget accumulated values and the clamp count."""
-        self._values.reset()
-        self._clamped = 0
+    def per_item(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Per-item values of a checked batch."""
+        return psnr_per_item(pred, target, self.data_range, self.max_db, self.spatial_dims)
 
     def settings(self) -> dict[str, Any]:
         """Every choice that determines the value (stored as provenance)."""
         return {
-            "data_range": self.data_range,
-            "dims": self.spatial_dims,
+            **super().settings(),
             "max_db": self.max_db,
             "mse": "mean over all channels and voxels of each item",
             "precision": "float64",
             "reduction": "per-item PSNR, then mean over items",
-            "std": STD_KIND,
-            "out_of_range": self.out_of_range,
-            "range_tolerance": RANGE_TOLERANCE * self.data_range,
-            "clamped_values": self._clamped,
         }
 
 

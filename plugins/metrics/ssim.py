@@ -30,18 +30,10 @@ from typing import Any
 
 import torch
 
-from bench_core.api import API_VERSION, BenchError, MetricValue
+from bench_core.api import API_VERSION, BenchError
 from bench_core.hookspecs import hookimpl
 
-from ._reduce import (
-    OUT_OF_RANGE_POLICIES,
-    RANGE_TOLERANCE,
-    STD_KIND,
-    PerItemAccumulator,
-    check_options,
-    check_range,
-    check_shapes,
-)
+from ._reduce import PairedMetric, check_shapes
 
 K1 = 0.01
 K2 = 0.03
@@ -173,7 +165,7 @@ def ssim_per_item(
     return torch.cat(chunks)
 
 
-class SSIM:
+class SSIM(PairedMetric):
     """Per-item SSIM, reported as mean and population std over all items seen.
 
     Options: ``data_range`` (explicit, never estimated), ``dims`` (2 or 3), ``preset``
@@ -195,43 +187,19 @@ class SSIM:
         preset: str = "gaussian",
         out_of_range: str = "error",
     ) -> None:
-        check_options(self.name, data_range, dims, type(self).dims)
-        if out_of_range not in OUT_OF_RANGE_POLICIES:
-            raise BenchError(f"ssim: out_of_range must be one of {OUT_OF_RANGE_POLICIES}, got {out_of_range!r}")
+        super().__init__(data_range, dims, out_of_range)
         self._preset = _get_preset(preset)
         self.preset = preset
-        self.data_range = float(data_range)
-        # Not `self.dims`: that class attribute lists the supported dims for the registry.
-        self.spatial_dims = dims
-        self.out_of_range = out_of_range
-        self._values = PerItemAccumulator(self.name)
-        self._clamped = 0
 
-    def update(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """Score a batch; returns the per-item SSIM values (shape ``(N,)``, float64)."""
-        check_shapes(self.name, pred, target, self.spatial_dims)
-        pred, n_pred = check_range(self.name, "pred", pred, self.data_range, self.out_of_range)
-        target, n_target = check_range(self.name, "target", target, self.data_range, self.out_of_range)
-        values = ssim_per_item(pred, target, self.data_range, self.preset, self.spatial_dims)
-        self._clamped += n_pred + n_target
-        self._values.add(values)
-        return values
-
-    def compute(self) -> MetricValue:
-        """Mean and population std of the per-item SSIM over everything seen since reset."""
-        return self._values.summary(self.settings())
-
-    def reset(self) -> None:
-        """Forget accumulated values and the clamp count."""
-        self._values.reset()
-        self._clamped = 0
+    def per_item(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Per-item values of a checked batch."""
+        return ssim_per_item(pred, target, self.data_range, self.preset, self.spatial_dims)
 
     def settings(self) -> dict[str, Any]:
         """Every choice that determines the value (stored as provenance)."""
         spec = self._preset
         return {
-            "data_range": self.data_range,
-            "dims": self.spatial_dims,
+            **super().settings(),
             "preset": self.preset,
             "window": spec.window,
             "win_size": spec.win_size,
@@ -243,10 +211,6 @@ class SSIM:
             "precision": "float64 statistics",
             "border": "valid windows only (skimage crops (win_size - 1) // 2 per side)",
             "reduction": "mean SSIM map per channel, mean over channels per item, then mean over items",
-            "std": STD_KIND,
-            "out_of_range": self.out_of_range,
-            "range_tolerance": RANGE_TOLERANCE * self.data_range,
-            "clamped_values": self._clamped,
         }
 
 
