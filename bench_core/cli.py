@@ -129,6 +129,22 @@ def cmd_export(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_score(args: argparse.Namespace) -> int:
+    from bench_core.score import score
+
+    metrics = [m.strip() for m in args.metric.split(",") if m.strip()]
+    result = score(
+        Path(args.pred), Path(args.ref), metrics, args.data_range, _registry(args), batch_size=args.batch_size
+    )
+    if args.json:
+        import json
+
+        print(json.dumps(result.to_json(), indent=2, allow_nan=False))
+    else:
+        print(result.table())
+    return EXIT_OK
+
+
 def cmd_data_make(args: argparse.Namespace) -> int:
     registry = _registry(args)
     cls = registry.get("dataset", args.name).cls
@@ -202,6 +218,18 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--format", required=True, choices=["csv", "json", "parquet", "markdown", "latex"])
     export.add_argument("-o", "--out", help="file to write (default: print text formats, or next to the store)")
     export.set_defaults(func=cmd_export)
+
+    sc = sub.add_parser("score", help="score a folder of predictions against a folder of references")
+    sc.add_argument("pred", help="folder of predictions (PNG, .nii, .nii.gz)")
+    sc.add_argument("ref", help="folder of references with the same file names")
+    sc.add_argument("--metric", required=True, metavar="NAMES", help="comma-separated metric plugins, e.g. psnr,ssim")
+    sc.add_argument(
+        "--data-range", type=float, metavar="R",
+        help="intensity range: values are divided by R (required for NIfTI; PNG default 255 or 65535)",
+    )  # fmt: skip
+    sc.add_argument("--batch-size", type=int, default=16, metavar="N", help="files per batch (default 16)")
+    sc.add_argument("--json", action="store_true", help="print the result as JSON (with per-file values)")
+    sc.set_defaults(func=cmd_score)
 
     data = sub.add_parser("data", help="dataset tools")
     data_sub = data.add_subparsers(dest="data_command", metavar="ACTION", required=True)

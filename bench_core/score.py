@@ -1,0 +1,352 @@
+"""``bench score``: compare a folder of predictions with a folder of references.
+
+Files are matched by name without extension (``a.png`` with ``a.png``, ``a.nii.gz`` with
+``a.nii.gz``), read in sorted order and streamed through the metric plugins in batches, so
+no folder is ever held in memory. Intensities are mapped to ``[0, 1]`` exactly as the
+evaluation engine does, and every metric runs with ``data_range = 1``:
+
+- PNG (8-bit or 16-bit, gray or RGB; RGBA and LA lose their alpha channel): divided by the
+  dtype maximum (255 or 65535), or by ``data_range`` when one is given.
+- NIfTI (``.nii``/``.nii.gz``, 2D or 3D, read with nibabel after its intensity scaling):
+  intensities have no fixed range, so ``data_range`` is required and values are divided by it.
+
+Values outside ``[0, data_range]`` and NaN/Inf are errors naming the file; nothing is clamped.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bench_core.api import BenchError, DataError
+
+PNG_SUFFIXES = (".png",)
+NIFTI_SUFFIXES = (".nii.gz", ".nii")
+NIFTI_RANGE_MESSAGE = "NIfTI intensities have no fixed range; pass --data-range R"
+_LIST_AT_MOST = 10
+
+
+@dataclass(frozen=True)
+class _Pair:
+    """A prediction file and its reference, matched by ``name`` (file name without extension)."""
+
+    name: str
+    pred: Path
+    ref: Path
+
+
+@dataclass
+class MetricScore:
+    """One metric's result over all matched files."""
+
+    name: str
+    kind: str
+    version: str
+    higher_is_better: bool
+    value: float
+    std: float | None
+    n: int
+    settings: dict[str, Any]
+    per_file: dict[str, float] | None = None
+
+
+@dataclass
+class ScoreResult:
+    """Metric values of a prediction folder against a reference folder, with provenance."""
+
+    pred_dir: Path
+    ref_dir: Path
+    n_files: int
+    dims: int
+    provenance: dict[str, Any]
+    metrics: dict[str, MetricScore] = field(default_factory=dict)
+
+    def table(self) -> str:
+        """A plain-text table: one row per metric (value, std, n, direction)."""
+        header = ("metric", "value", "std", "n", "better")
+        rows = [header]
+        notes = []
+        for m in self.metrics.values():
+            value = f"{m.value:.4f}" if math.isfinite(m.value) else str(m.value)
+            if m.settings.get("status") == "unavailable":
+                value = "unavailable"
+                notes.append(f"{m.name} unavailable: {m.settings.get('reason', 'no reason given')}")
+            std = f"{m.std:.4f}" if m.std is not None and math.isfinite(m.std) else "-"
+            rows.append((m.name, value, std, str(m.n), "higher" if m.higher_is_better else "lower"))
+        widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+        lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+        lines.insert(1, "  ".join("-" * w for w in widths))
+        mapping = "; ".join(self.provenance["mapping"])
+        lines.append("")
+        lines.append(f"{self.n_files} file pairs, {self.dims}D, {mapping}")
+        lines.extend(notes)
+        return "\n".join(lines)
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-serialisable dict (non-finite numbers become ``null``)."""
+        metrics = {}
+        for m in self.metrics.values():
+            entry: dict[str, Any] = {
+                "value": m.value, "std": m.std, "n": m.n, "kind": m.kind, "higher_is_better": m.higher_is_better,
+                "settings": m.settings, "provenance": {"plugin": m.name, "version": m.version},
+            }  # fmt: skip
+            if m.per_file is not None:
+                entry["per_file"] = m.per_file
+            metrics[m.name] = entry
+        out = {
+            "pred_dir": str(self.pred_dir), "ref_dir": str(self.ref_dir), "n_files": self.n_files,
+            "dims": self.dims, "provenance": self.provenance, "metrics": metrics,
+        }  # fmt: skip
+        return _jsonable(out)
+
+
+def score(
+    pred_dir: Path,
+    ref_dir: Path,
+    metrics: list[str],
+    data_range: float | None,
+    registry: Any,
+    batch_size: int = 16,
+) -> ScoreResult:
+    """Score the images of ``pred_dir`` against the same-named images of ``ref_dir``.
+
+    Args:
+        pred_dir: folder of predictions (PNG and/or NIfTI files).
+        ref_dir: folder of references with the same file names.
+        metrics: metric plugin names (``dist:name`` allowed), looked up in ``registry``.
+        data_range: intensity range ``R`` of the files; values are divided by ``R``. Required
+            for NIfTI; for PNG it defaults to the dtype maximum (255 or 65535).
+        registry: a :class:`bench_core.plugins.Registry`.
+        batch_size: files per batch fed to the metrics.
+
+    Raises:
+        BenchError: missing or empty folders, unmatched names, unreadable files, shape or
+            dims mismatches, values out of range or not finite, unknown metrics.
+    """
+    import torch
+
+    if batch_size < 1:
+        raise BenchError(f"batch_size must be at least 1, got {batch_size}")
+    if data_range is not None and not (math.isfinite(data_range) and data_range > 0):
+        raise BenchError(f"data range must be a positive finite number, got {data_range}")
+    names = list(dict.fromkeys(m.strip() for m in metrics if m.strip()))
+    if not names:
+        raise BenchError("no metric given; pass --metric NAME[,NAME...]")
+    classes = {name: registry.get("metric", name).cls for name in names}
+    pred_dir, ref_dir = Path(pred_dir), Path(ref_dir)
+    pairs = _match(_list_images(pred_dir, "prediction"), _list_images(ref_dir, "reference"), pred_dir, ref_dir)
+    if data_range is None and any(_is_nifti(p.pred) or _is_nifti(p.ref) for p in pairs):
+        raise BenchError(NIFTI_RANGE_MESSAGE)
+
+    instances: dict[str, Any] = {}
+    per_file: dict[str, dict[str, float]] = {}
+    mappings: set[str] = set()
+    dims: int | None = None
+    first_dims_file = ""
+    batch: list[tuple[str, np.ndarray, np.ndarray]] = []
+
+    def flush() -> None:
+        if not batch:
+            return
+        pred = torch.from_numpy(np.stack([b[1] for b in batch])).float()
+        ref = torch.from_numpy(np.stack([b[2] for b in batch])).float()
+        ids = [b[0] for b in batch]
+        with torch.no_grad():
+            for name, metric in instances.items():
+                values = metric.update(pred, ref)
+                if values is not None:
+                    per = per_file.setdefault(name, {})
+                    per.update(zip(ids, (float(v) for v in values.detach().cpu()), strict=True))
+        batch.clear()
+
+    for pair in pairs:
+        pred_arr, pred_map, pred_dims = _read01(pair.pred, data_range)
+        ref_arr, ref_map, _ = _read01(pair.ref, data_range)
+        mappings.update((pred_map, ref_map))
+        if pred_arr.shape != ref_arr.shape:
+            raise BenchError(
+                f"{pair.name}: prediction {pair.pred.name} has shape {_shape(pred_arr)}, reference "
+                f"{pair.ref.name} has {_shape(ref_arr)} (channels, *spatial)"
+            )
+        if dims is None:
+            dims, first_dims_file = pred_dims, pair.name
+            instances = _instantiate(classes, dims)
+        elif pred_dims != dims:
+            raise BenchError(
+                f"mixed dims: {pair.name} is {pred_dims}D but {first_dims_file} is {dims}D; score 2D images "
+                "and 3D volumes separately"
+            )
+        if batch and batch[0][1].shape != pred_arr.shape:
+            flush()  # images of another size start a new batch: a batch must stack
+        batch.append((pair.name, pred_arr, ref_arr))
+        if len(batch) >= batch_size:
+            flush()
+    flush()
+
+    assert dims is not None  # _match refuses empty folders
+    provenance = {
+        "data_range": data_range if data_range is not None else "dtype maximum (PNG)",
+        "mapping": sorted(mappings),
+        "metric_data_range": 1.0,
+        "matching": "by file name without extension (.png, .nii, .nii.gz)",
+        "order": "sorted by name",
+        "batch_size": batch_size,
+        "out_of_range": "error (values are never clamped)",
+    }
+    result = ScoreResult(pred_dir, ref_dir, len(pairs), dims, provenance)
+    for name, metric in instances.items():
+        cls = classes[name]
+        value = metric.compute()
+        settings = dict(value.settings)
+        if cls.kind == "paired":
+            settings.setdefault("std", "population (ddof 0) over files")
+        result.metrics[name] = MetricScore(
+            name=name, kind=str(cls.kind), version=str(cls.version), higher_is_better=bool(cls.higher_is_better),
+            value=float(value.value), std=None if value.std is None else float(value.std), n=int(value.n),
+            settings=settings, per_file=per_file.get(name) if cls.kind == "paired" else None,
+        )  # fmt: skip
+    return result
+
+
+def _instantiate(classes: dict[str, type], dims: int) -> dict[str, Any]:
+    out = {}
+    for name, cls in classes.items():
+        if dims not in cls.dims:
+            raise BenchError(f"metric {name} supports dims {sorted(cls.dims)}; the files are {dims}D")
+        out[name] = cls(data_range=1.0, dims=dims)
+    return out
+
+
+def _is_nifti(path: Path) -> bool:
+    return path.name.lower().endswith(NIFTI_SUFFIXES)
+
+
+def _stem(path: Path) -> str | None:
+    """The name without its image extension, or ``None`` for files that are not images."""
+    lower = path.name.lower()
+    for suffix in NIFTI_SUFFIXES + PNG_SUFFIXES:
+        if lower.endswith(suffix):
+            return path.name[: -len(suffix)]
+    return None
+
+
+def _list_images(folder: Path, role: str) -> dict[str, Path]:
+    """Image files of ``folder`` by name without extension."""
+    if not folder.exists():
+        raise DataError(f"{role} folder {folder} does not exist")
+    if not folder.is_dir():
+        raise DataError(f"{role} folder {folder} is not a folder")
+    found: dict[str, Path] = {}
+    for path in sorted(folder.iterdir()):
+        stem = _stem(path)
+        if stem is None or path.name.startswith(".") or not path.is_file():
+            continue
+        if stem in found:
+            raise DataError(f"{role} folder {folder} holds both {found[stem].name} and {path.name}; rename one")
+        found[stem] = path
+    if not found:
+        raise DataError(f"{role} folder {folder} holds no PNG or NIfTI (.nii, .nii.gz) files")
+    return found
+
+
+def _match(pred: dict[str, Path], ref: dict[str, Path], pred_dir: Path, ref_dir: Path) -> list[_Pair]:
+    only_pred = sorted(set(pred) - set(ref))
+    only_ref = sorted(set(ref) - set(pred))
+    if only_pred or only_ref:
+        parts = []
+        for names, where, other in ((only_pred, pred_dir, ref_dir), (only_ref, ref_dir, pred_dir)):
+            if names:
+                shown = ", ".join(names[:_LIST_AT_MOST]) + (", ..." if len(names) > _LIST_AT_MOST else "")
+                parts.append(f"{len(names)} in {where} without a match in {other}: {shown}")
+        raise DataError("file names do not match (compared without extension); " + "; ".join(parts))
+    return [_Pair(name, pred[name], ref[name]) for name in sorted(pred)]
+
+
+def _shape(arr: np.ndarray) -> tuple[int, ...]:
+    return tuple(int(s) for s in arr.shape)
+
+
+def _read01(path: Path, data_range: float | None) -> tuple[np.ndarray, str, int]:
+    """Read ``path`` as a float64 ``(C, *spatial)`` array in ``[0, 1]``.
+
+    Returns the array, a description of the mapping applied and the spatial dims.
+    """
+    if _is_nifti(path):
+        raw = _read_nifti(path)
+        assert data_range is not None  # checked by score() before reading
+        kind, scale = "NIfTI", float(data_range)
+    else:
+        raw, dtype_max, kind = _read_png(path)
+        scale = float(data_range) if data_range is not None else dtype_max
+    if not np.isfinite(raw).all():
+        bad = int((~np.isfinite(raw)).sum())
+        raise DataError(f"{path}: {bad} values are NaN or Inf")
+    lo, hi = float(raw.min()), float(raw.max())
+    if lo < 0 or hi > scale:
+        raise DataError(
+            f"{path}: values span [{lo:g}, {hi:g}], outside the data range [0, {scale:g}]; "
+            "pass the right --data-range (values are never clamped)"
+        )
+    dims = raw.ndim - 1
+    return raw / scale, f"{kind}: value / {scale:g}", dims
+
+
+def _read_png(path: Path) -> tuple[np.ndarray, float, str]:
+    """``(C, H, W)`` float64 array, the dtype maximum and a label (``8-bit PNG`` / ``16-bit PNG``)."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as img:
+            img.load()
+            mode = img.mode
+            if mode in ("I;16", "I;16B", "I;16L", "I"):  # 16-bit grayscale PNG
+                arr = np.asarray(img).astype(np.float64)
+                dtype_max, label = 65535.0, "16-bit PNG"
+            else:
+                if mode in ("1", "L", "LA", "La"):
+                    img = img.convert("L")
+                elif mode == "P":
+                    img = img.convert("RGBA").convert("RGB")
+                else:  # RGB, RGBA (alpha dropped) and anything else Pillow reads as 8-bit
+                    img = img.convert("RGB")
+                arr = np.asarray(img).astype(np.float64)
+                dtype_max, label = 255.0, "8-bit PNG"
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{path}: cannot read PNG ({exc})") from exc
+    arr = arr[None] if arr.ndim == 2 else np.moveaxis(arr, -1, 0)
+    return arr, dtype_max, label
+
+
+def _read_nifti(path: Path) -> np.ndarray:
+    """``(1, *spatial)`` float64 array of a 2D or 3D NIfTI (trailing singleton axes dropped)."""
+    import nibabel as nib
+
+    try:
+        arr = np.asarray(nib.load(str(path)).get_fdata(dtype=np.float64))
+    except Exception as exc:  # nibabel raises several unrelated types for bad files
+        raise DataError(f"{path}: cannot read NIfTI ({type(exc).__name__}: {exc})") from exc
+    while arr.ndim > 2 and arr.shape[-1] == 1:
+        arr = arr[..., 0]
+    if arr.ndim not in (2, 3):
+        raise DataError(f"{path}: NIfTI has shape {_shape(arr)}; only 2D images and 3D volumes are supported")
+    return arr[None]
+
+
+def _jsonable(obj: Any) -> Any:
+    """``obj`` with non-finite floats as ``None`` and paths, tuples, sets and numpy scalars made plain."""
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple, set, frozenset)):
+        items = sorted(obj, key=str) if isinstance(obj, (set, frozenset)) else obj
+        return [_jsonable(v) for v in items]
+    if isinstance(obj, np.generic):
+        obj = obj.item()
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, (str, int, bool)) or obj is None:
+        return obj
+    return str(obj)
