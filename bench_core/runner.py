@@ -323,6 +323,15 @@ class Runner:
                 details["stages"].append(report.__dict__)
                 if ddp.is_main():
                     self.log(_stage_line(cell, report))
+                rows.append(
+                    {
+                        "task": "train", "metric": f"{stage.name}.peak_memory_mb", "value": report.peak_memory_mb,
+                        "std": None, "n": None, "higher_is_better": False,
+                        "settings": {"measure": report.memory_measure, "device": str(device),
+                                     "batch_size": settings.batch_size or stage.batch_size},
+                        "provenance": {"plugin": "engine"},
+                    }
+                )  # fmt: skip
                 if report.images_per_second:
                     rows.append(
                         {

@@ -60,6 +60,18 @@ class StageReport:
     images_per_second: float | None
     curve: list[dict[str, float]] = field(default_factory=list)
     resumed_from: int = 0
+    peak_memory_mb: float | None = None
+    memory_measure: str = ""
+
+
+def peak_memory(device: torch.device) -> tuple[float, str]:
+    """Peak memory so far in MiB and what was measured (CUDA allocator, or process peak RSS)."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20, "torch.cuda.max_memory_allocated during the stage"
+    import resource
+
+    # ru_maxrss is KiB on Linux: the process's peak resident set, so an upper bound for the stage.
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "process peak RSS (ru_maxrss) up to stage end"
 
 
 def seed_everything(seed: int, deterministic: bool = True) -> None:
@@ -213,6 +225,8 @@ def run_stage(
     else:
         ddp.broadcast_module(model)  # every rank starts from rank 0's initialisation
     resumed_from = step
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
 
     def checkpoint() -> None:
         if not ddp.is_main():
@@ -301,7 +315,10 @@ def run_stage(
         with torch.no_grad():
             for e, p in zip(ema, params, strict=True):
                 p.copy_(e)
+    peak_mb, measure = peak_memory(device)
     return StageReport(
+        peak_memory_mb=peak_mb,
+        memory_measure=measure,
         stage=stage.name,
         steps=step,
         skipped=skipped,

@@ -45,6 +45,7 @@ def test_run_report_and_rerun_keeps_finished_cells(run_bench, write_suite, tmp_p
     for task in ("A2A", "B2B", "A2B", "B2A"):
         assert ("toy-ae", "toy-paired", task, "toy-mae") in tasks
     assert ("toy-ae", "toy", "train", "ae.images_per_s") in tasks
+    assert ("toy-ae", "toy", "train", "ae.peak_memory_mb") in tasks
     assert ("toy-ae", "toy", "model", "pid") in tasks
     mae = next(
         r
