@@ -286,6 +286,11 @@ class Runner:
         config = self.model_config(model_cls, cell.model)
         seed_everything(cell.seed, self.suite.deterministic)
         model = model_cls(config, spec).to(device)
+        compiled: list[str] = []
+        if self.suite.compile and device.type == "cuda":
+            from bench_core.trainer import compile_children
+
+            compiled = compile_children(model)
         budget = cell.model.budget
         ckpt = checkpoint_key(
             {
@@ -302,6 +307,8 @@ class Runner:
             "spec": _spec_dict(spec),
             "stages": [],
         }
+        if self.suite.compile:
+            details["compile"] = compiled or f"not applied: torch.compile is a CUDA option here, device is {device}"
         rows: list[dict] = []
         if cell.model.load is not None:
             load_weights(model, cell.model.load)

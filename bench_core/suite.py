@@ -116,6 +116,7 @@ class Suite(_Strict):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["fp32", "amp", "bf16"] = "fp32"
     deterministic: bool = True
+    compile: bool = False
     output_dir: Path | None = None
     models: list[ModelEntry] = Field(min_length=1)
     datasets: list[DatasetEntry] = Field(min_length=1)

@@ -128,6 +128,20 @@ def build_optimizer(spec: OptimizerSpec, params: list[torch.nn.Parameter]) -> to
     return kinds[spec.name]()
 
 
+def compile_children(model: torch.nn.Module, backend: str = "inductor") -> list[str]:
+    """``torch.compile`` each direct submodule in place; return the names compiled.
+
+    Submodules rather than the model: stage losses and capability methods call the
+    submodules (encoder, quantiser, priors), not ``model.forward``, so compiling the
+    children is what makes those calls compiled.
+    """
+    names = []
+    for name, child in model.named_children():
+        child.compile(backend=backend)
+        names.append(name)
+    return names
+
+
 def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
     """Move the tensors of a collated batch to ``device``."""
     return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}

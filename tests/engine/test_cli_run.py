@@ -76,7 +76,7 @@ def test_run_report_and_rerun_keeps_finished_cells(run_bench, write_suite, tmp_p
 
 
 def test_dry_run_and_only(run_bench, write_suite, tmp_path):
-    path = write_suite(toy_suite(seeds=[0, 1]))
+    path = write_suite(toy_suite(seeds=[0, 1], compile=True))
     dry = run_bench("run", str(path), "--dry-run")
     assert dry.returncode == 0, dry.stderr
     assert "2 cells" in dry.stdout and "toy-ae/toy/seed1" in dry.stdout
@@ -85,6 +85,8 @@ def test_dry_run_and_only(run_bench, write_suite, tmp_path):
     assert only.returncode == 0, only.stderr
     _, cells = rows(tmp_path / "reports" / "toy")
     assert [c["seed"] for c in cells] == [1]
+    # compile is a CUDA option: on CPU the cell says it was not applied instead of silently ignoring it.
+    assert json.loads(cells[0]["details"])["compile"].startswith("not applied: torch.compile is a CUDA option")
 
 
 def test_missing_dataset_root_stops_before_work(run_bench, write_suite, tmp_path):

@@ -142,3 +142,16 @@ def test_clip_groups_clip_each_group_separately(toy, tmp_path):
     n_enc = sum(p.numel() for p in model.enc.parameters())
     n_dec = sum(p.numel() for p in model.dec.parameters())
     assert float(norm) == pytest.approx(10.0 * (n_enc + n_dec) ** 0.5, rel=1e-4)
+
+
+def test_compile_children_keeps_outputs(toy):
+    from bench_core.trainer import compile_children
+
+    _, spec = toy
+    model = make_model(spec)
+    x = torch.rand(2, 1, 16, 16) * 2 - 1
+    before = model.reconstruct(x, "image").detach()
+    # The "eager" backend exercises the compile path on CPU without a C++ toolchain; CUDA runs use inductor.
+    assert compile_children(model, backend="eager") == ["enc", "dec"]
+    assert torch.allclose(model.reconstruct(x, "image"), before, atol=1e-6)
+    assert model.enc._compiled_call_impl is not None
