@@ -53,6 +53,13 @@ def list_split_files(root: Path, folder: str, patterns: Sequence[str], layout: s
     return files
 
 
+def files_of_split(plugin: str, files: Mapping[str, list[Path]], name: str) -> list[Path]:
+    """The files of split ``name``, or a :class:`DataError` naming the valid splits."""
+    if name not in files:
+        raise DataError(f"{plugin}: unknown split {name!r}; valid splits: {', '.join(SPLITS)}")
+    return files[name]
+
+
 def check_root(plugin: str, root: Path, layout: str) -> Path:
     """Return ``root`` as a :class:`Path`, raising :class:`DataError` when it is not a folder."""
     root = Path(root)

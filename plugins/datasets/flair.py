@@ -25,7 +25,7 @@ from bench_core.api import API_VERSION, SPLITS, DataError, DataSpec
 from bench_core.hookspecs import hookimpl
 
 from . import brain
-from ._common import check_options, check_root, fingerprint_spread
+from ._common import check_options, check_root, files_of_split, fingerprint_spread
 
 LAYOUT = "ROOT/*.nii or ROOT/*.nii.gz: a flat folder of 3D skull-stripped FLAIR volumes (at least 3)"
 PATTERNS = ("*.nii", "*.nii.gz")
@@ -208,9 +208,7 @@ class BiobankFlair:
 
     def split(self, name: str) -> FlairVolumes:
         """The map-style dataset of split ``name`` (``train``, ``val`` or ``test``)."""
-        if name not in self._files:
-            raise DataError(f"{self.name}: unknown split {name!r}; valid splits: {', '.join(SPLITS)}")
-        return FlairVolumes(self._files[name], self.resolution)
+        return FlairVolumes(files_of_split(self.name, self._files, name), self.resolution)
 
     def fingerprint(self) -> str:
         """Hash of the volumes' relative paths and sizes, and of bytes spread through a sample of them."""

@@ -20,7 +20,16 @@ from bench_core.api import API_VERSION, SPLITS, DataError, DataSpec
 from bench_core.hookspecs import hookimpl
 
 from . import phantoms
-from ._common import check_options, check_root, fingerprint_files, list_split_files, parse_size, resize, split_counts
+from ._common import (
+    check_options,
+    check_root,
+    files_of_split,
+    fingerprint_files,
+    list_split_files,
+    parse_size,
+    resize,
+    split_counts,
+)
 
 LAYOUT = (
     "ROOT/{train,val,test}/{PatientID}_{loc}.png, 8-bit grayscale 256x512 PNGs: left half CT (A), right half T2 MR (B)"
@@ -127,9 +136,7 @@ class Gold:
 
     def split(self, name: str) -> GoldPairs:
         """The map-style dataset of split ``name`` (``train``, ``val`` or ``test``)."""
-        if name not in self._files:
-            raise DataError(f"{self.name}: unknown split {name!r}; valid splits: {', '.join(SPLITS)}")
-        return GoldPairs(self._files[name], self.size)
+        return GoldPairs(files_of_split(self.name, self._files, name), self.size)
 
     def fingerprint(self) -> str:
         """Hash of the PNG files' relative paths, sizes and sampled leading bytes."""

@@ -18,11 +18,20 @@ from nibabel.filebasedimages import ImageFileError
 from nibabel.spatialimages import HeaderDataError
 from torch.utils.data import Dataset
 
-from bench_core.api import API_VERSION, SPLITS, DataError, DataSpec
+from bench_core.api import API_VERSION, DataError, DataSpec
 from bench_core.hookspecs import hookimpl
 
 from . import phantoms
-from ._common import check_options, check_root, fingerprint_files, list_split_files, parse_size, resize, split_counts
+from ._common import (
+    check_options,
+    check_root,
+    files_of_split,
+    fingerprint_files,
+    list_split_files,
+    parse_size,
+    resize,
+    split_counts,
+)
 
 SPLIT_FOLDERS = {"train": "keras_slices_train", "val": "keras_slices_validate", "test": "keras_slices_test"}
 """Image folder of each split; labels live in the same name with ``seg_`` after ``keras_slices_``."""
@@ -150,9 +159,7 @@ class HipMRI:
 
     def split(self, name: str) -> HipMRISlices:
         """The map-style dataset of split ``name`` (``train``, ``val`` or ``test``)."""
-        if name not in self._files:
-            raise DataError(f"{self.name}: unknown split {name!r}; valid splits: {', '.join(SPLITS)}")
-        return HipMRISlices(self._files[name], self.size)
+        return HipMRISlices(files_of_split(self.name, self._files, name), self.size)
 
     def fingerprint(self) -> str:
         """Hash of the image files' relative paths, sizes and sampled leading bytes."""

@@ -27,6 +27,7 @@ from . import brain
 from ._common import (
     check_options,
     check_root,
+    files_of_split,
     fingerprint_files,
     fingerprint_spread,
     list_split_files,
@@ -252,9 +253,7 @@ class Oasis:
 
     def split(self, name: str) -> OasisSlices:
         """The map-style dataset of split ``name`` (``train``, ``val`` or ``test``)."""
-        if name not in self._files:
-            raise DataError(f"{self.name}: unknown split {name!r}; valid splits: {', '.join(SPLITS)}")
-        return OasisSlices(self._files[name], self.size, self.layout)
+        return OasisSlices(files_of_split(self.name, self._files, name), self.size, self.layout)
 
     def fingerprint(self) -> str:
         """Hash of the files' relative paths, sizes and sampled bytes (spread through each volume for ``nifti``)."""
