@@ -216,6 +216,10 @@ class MetricValue:
     paired metrics, or the metric's own spread (e.g. over KID subsets); ``None`` when
     there is none. A metric that cannot run here (FID without its weights) returns
     ``value = nan`` with ``settings["status"] = "unavailable"`` and ``settings["reason"]``.
+
+    ``components`` holds named parts reported as rows of their own (metric ``name.part``),
+    for a metric whose headline value summarises several measurements, e.g. 2.5D FID's
+    mean over the three orthogonal planes with one component per plane.
     """
 
     value: float
@@ -223,6 +227,7 @@ class MetricValue:
     n: int
     settings: dict[str, Any]
     per_item: list[float] | None = None
+    components: dict[str, MetricValue] = field(default_factory=dict)
 
 
 @runtime_checkable

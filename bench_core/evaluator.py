@@ -171,13 +171,15 @@ def evaluate(
         for name, metric in instances[task.name].items():
             cls = metrics[name][0]
             result = metric.compute()
-            outcome.rows.append(
-                {
-                    "task": task.name, "metric": name, "value": result.value, "std": result.std, "n": result.n,
-                    "higher_is_better": cls.higher_is_better, "settings": {**result.settings, **clamp_note},
-                    "provenance": {"plugin": name, "version": cls.version},
-                }
-            )  # fmt: skip
+            parts = [(name, result)] + [(f"{name}.{key}", sub) for key, sub in result.components.items()]
+            for row_name, value in parts:
+                outcome.rows.append(
+                    {
+                        "task": task.name, "metric": row_name, "value": value.value, "std": value.std, "n": value.n,
+                        "higher_is_better": cls.higher_is_better, "settings": {**value.settings, **clamp_note},
+                        "provenance": {"plugin": name, "version": cls.version},
+                    }
+                )  # fmt: skip
             if name in st.per_file:
                 outcome.per_file.setdefault(task.name, {})[name] = {
                     "mean": result.value, "std": result.std, "n": result.n, "per_file": st.per_file[name],

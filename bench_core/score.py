@@ -200,15 +200,17 @@ def score(
     result = ScoreResult(pred_dir, ref_dir, len(pairs), dims, provenance)
     for name, metric in instances.items():
         cls = classes[name]
-        value = metric.compute()
-        settings = dict(value.settings)
-        if cls.kind == "paired":
-            settings.setdefault("std", "population (ddof 0) over files")
-        result.metrics[name] = MetricScore(
-            name=name, kind=str(cls.kind), version=str(cls.version), higher_is_better=bool(cls.higher_is_better),
-            value=float(value.value), std=None if value.std is None else float(value.std), n=int(value.n),
-            settings=settings, per_file=per_file.get(name) if cls.kind == "paired" else None,
-        )  # fmt: skip
+        whole = metric.compute()
+        for row_name, value in [(name, whole)] + [(f"{name}.{k}", v) for k, v in whole.components.items()]:
+            settings = dict(value.settings)
+            if cls.kind == "paired":
+                settings.setdefault("std", "population (ddof 0) over files")
+            result.metrics[row_name] = MetricScore(
+                name=row_name, kind=str(cls.kind), version=str(cls.version),
+                higher_is_better=bool(cls.higher_is_better), value=float(value.value),
+                std=None if value.std is None else float(value.std), n=int(value.n), settings=settings,
+                per_file=per_file.get(name) if cls.kind == "paired" and row_name == name else None,
+            )  # fmt: skip
     return result
 
 
