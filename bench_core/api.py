@@ -274,6 +274,17 @@ class MetricPlugin(Protocol):
         ...
 
 
+def cache_dir() -> Path:
+    """The engine's cache folder: ``$BENCH_CACHE_DIR``, else ``~/.cache/medgen-bench``.
+
+    Embedded datasets are written under ``embedded/``; plugins keep their own caches
+    (e.g. Inception features) in a subfolder named after themselves.
+    """
+    import os
+
+    return Path(os.environ.get("BENCH_CACHE_DIR") or Path.home() / ".cache" / "medgen-bench")
+
+
 def merge_config(base: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
     """Return ``base`` updated by ``overrides``, recursing into nested mappings.
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench_core.api import BenchError, merge_config
+from bench_core.api import BenchError, cache_dir, merge_config
 from bench_core.plugins import Registry
 from bench_core.suite import DatasetEntry, ModelEntry, Suite
 
@@ -56,11 +56,6 @@ def plan(suite: Suite, only: list[str] | None = None) -> list[Cell]:
         return not only or any(fnmatch.fnmatch(cell.id, p) for p in only)
 
     return [c for c in cells if keep(c)]
-
-
-def cache_dir() -> Path:
-    """Where embedded datasets are written once and reused (``BENCH_CACHE_DIR`` overrides)."""
-    return Path(os.environ.get("BENCH_CACHE_DIR") or Path.home() / ".cache" / "medgen-bench")
 
 
 def embedded_root(cls: type, n: int, seed: int) -> Path:
