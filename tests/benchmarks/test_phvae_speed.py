@@ -2,8 +2,9 @@
 
 Run with ``pytest tests/benchmarks --benchmark-enable``; under the project's default
 ``--benchmark-disable`` each benchmark runs once as a plain test. ``BENCH_DEVICE`` selects
-the device (default ``cpu``). Throughput lands in ``extra_info["images_per_s"]``, peak memory
-in ``extra_info["peak_memory_mb"]``.
+the device (default ``cpu``). Timing is ``bench_core.timing.benchmark_throughput``'s
+(CUDA-synchronised rounds after one warm-up); throughput lands in ``extra_info["images_per_s"]``,
+peak memory in ``extra_info["peak_memory_mb"]``.
 
 On CUDA the benchmark runs the paper setting: 256x256, width 72, 9 resolutions x 5 blocks,
 fp16 autocast with a gradient scaler. Training steps use batch 1, the source's per-forward
@@ -19,15 +20,13 @@ import os
 import resource
 import sys
 from collections.abc import Callable
-from typing import TypeVar
 
 import pytest
 import torch
 
 from bench_core.api import DataSpec, merge_config
+from bench_core.timing import benchmark_throughput
 from bench_plugins.models.phvae import PHVAE
-
-T = TypeVar("T")
 
 CONFIG = "ndvi-rgb-nll"
 DEVICE = torch.device(os.environ.get("BENCH_DEVICE", "cpu"))
@@ -38,11 +37,6 @@ TRAIN_BATCH = 1
 INFER_BATCH = 1  # the source's test script runs batch 1
 SETTING = "paper (256x256)" if CUDA else "paper width/blocks/latents at reduced resolution 64x64 (7 resolutions)"
 TASKS = {"A2A": ("A", "A"), "B2B": ("B", "B"), "A2B": ("A", "B"), "B2A": ("B", "A")}
-
-
-def _synchronize() -> None:
-    if CUDA:
-        torch.cuda.synchronize(DEVICE)
 
 
 def _model() -> PHVAE:
@@ -65,20 +59,16 @@ def _maxrss_mb() -> float:
     return rss / (1024 * 1024) if sys.platform == "darwin" else rss / 1024
 
 
-def _run(benchmark, fn: Callable[[], T], batch: int, rounds: int) -> T:
-    benchmark.extra_info.update(
-        config=CONFIG,
-        setting=SETTING,
-        batch_size=batch,
-        input_shape={"A": [3, SIZE, SIZE], "B": [1, SIZE, SIZE]},
-        device=str(DEVICE),
-        precision="amp (fp16 autocast + GradScaler)" if CUDA else "fp32",
-        torch_threads=torch.get_num_threads(),
-    )
+def _run(benchmark, fn: Callable[[], object], batch: int, rounds: int, **extra: object) -> None:
+    """Time ``fn`` on ``batch`` images with the shared protocol and record the peak memory of all its calls."""
     if CUDA:
         torch.cuda.reset_peak_memory_stats(DEVICE)
     rss_before = _maxrss_mb()
-    result = benchmark.pedantic(fn, rounds=rounds, warmup_rounds=1)
+    benchmark_throughput(
+        benchmark, fn, items=batch, device=DEVICE, rounds=rounds,
+        config=CONFIG, setting=SETTING, batch_size=batch, input_shape={"A": [3, SIZE, SIZE], "B": [1, SIZE, SIZE]},
+        precision="amp (fp16 autocast + GradScaler)" if CUDA else "fp32", **extra,
+    )  # fmt: skip
     if CUDA:
         benchmark.extra_info["peak_memory_mb"] = torch.cuda.max_memory_allocated(DEVICE) / 2**20
         benchmark.extra_info["memory_protocol"] = "torch.cuda.max_memory_allocated"
@@ -88,9 +78,6 @@ def _run(benchmark, fn: Callable[[], T], batch: int, rounds: int) -> T:
             "growth of the process's peak RSS (getrusage ru_maxrss) during the benchmark; "
             "0 when an earlier test already reached a higher peak"
         )
-    if benchmark.stats is not None:  # None under --benchmark-disable
-        benchmark.extra_info["images_per_s"] = batch / benchmark.stats.stats.mean
-    return result
 
 
 @pytest.mark.benchmark(group="phvae")
@@ -112,7 +99,6 @@ def test_train_step_speed(benchmark) -> None:
         torch.nn.utils.clip_grad_norm_(model.parameters(), stage.grad_clip)
         scaler.step(optimizer)
         scaler.update()
-        _synchronize()
         losses.append(loss.item())
 
     _run(benchmark, step, TRAIN_BATCH, rounds=3 if CUDA else 2)
@@ -126,13 +112,12 @@ def test_inference_speed(benchmark, task: str) -> None:
     model = _model().eval()
     source, target = TASKS[task]
     x = _batch(INFER_BATCH)[source]
+    outputs: list[torch.Tensor] = []
 
-    def infer() -> torch.Tensor:
+    def infer() -> None:
         with torch.autocast(DEVICE.type, dtype=torch.float16, enabled=CUDA):
-            y = model.translate(x, source, target)
-        _synchronize()
-        return y
+            outputs.append(model.translate(x, source, target))
 
-    y = _run(benchmark, infer, INFER_BATCH, rounds=5)
-    benchmark.extra_info["task"] = task
+    _run(benchmark, infer, INFER_BATCH, rounds=5, task=task)
+    y = outputs[-1]
     assert y.shape == (INFER_BATCH, 3 if target == "A" else 1, SIZE, SIZE)

@@ -1,7 +1,8 @@
 """SSIM speed: batched torch presets against scikit-image's per-image loop on 64 gray 256x256 images.
 
 With the project's default ``--benchmark-disable`` each benchmark runs once as a plain test
-(and checks the values agree); ``pytest tests/benchmarks --benchmark-enable`` times them.
+(and checks the values agree); ``pytest tests/benchmarks --benchmark-enable`` times them with
+``bench_core.timing.benchmark_throughput`` (rounds after one warm-up; ``extra_info["images_per_s"]``).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import pytest
 import torch
 from skimage.metrics import structural_similarity
 
+from bench_core.timing import benchmark_throughput
 from bench_plugins.metrics.ssim import ssim_per_item
 
 N_IMAGES = 64
@@ -43,7 +45,11 @@ def skimage_loop(pred: torch.Tensor, target: torch.Tensor, preset: str) -> np.nd
 
 
 def best_of(fn: Callable[[], object], repeats: int = 3) -> float:
-    """Minimum wall time of ``repeats`` calls: the least disturbed by other load on the machine."""
+    """Minimum wall time of ``repeats`` calls: the least disturbed by other load on the machine.
+
+    Kept beside ``benchmark_throughput`` on purpose: the comparison asserts an ordering of two
+    times, and the minimum is more robust to a loaded CPU than the mean. All of it is CPU work.
+    """
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
@@ -52,27 +58,41 @@ def best_of(fn: Callable[[], object], repeats: int = 3) -> float:
     return min(times)
 
 
+def _throughput(benchmark, images: tuple[torch.Tensor, torch.Tensor], implementation: str, preset: str):
+    """Time one implementation over the ``N_IMAGES`` image pairs with the shared protocol; return its values."""
+    values: list[torch.Tensor | np.ndarray] = []
+
+    def compute() -> None:
+        if implementation == "torch":
+            values.append(ssim_per_item(*images, 1.0, preset))
+        else:
+            values.append(skimage_loop(*images, preset))
+
+    benchmark_throughput(
+        benchmark, compute, items=N_IMAGES, device="cpu", implementation=implementation, preset=preset, side=SIDE
+    )
+    return values[-1]
+
+
 @pytest.mark.benchmark(group="ssim-gaussian")
 def test_torch_ssim_gaussian(benchmark, images):
-    values = benchmark(ssim_per_item, *images, 1.0, "gaussian")
-    assert values.shape == (N_IMAGES,)
+    assert _throughput(benchmark, images, "torch", "gaussian").shape == (N_IMAGES,)
 
 
 @pytest.mark.benchmark(group="ssim-gaussian")
 def test_skimage_loop_gaussian(benchmark, images):
-    values = benchmark(skimage_loop, *images, "gaussian")
+    values = _throughput(benchmark, images, "skimage loop", "gaussian")
     np.testing.assert_allclose(ssim_per_item(*images, 1.0, "gaussian").numpy(), values, atol=1e-5)
 
 
 @pytest.mark.benchmark(group="ssim-skimage-preset")
 def test_torch_ssim_skimage_preset(benchmark, images):
-    values = benchmark(ssim_per_item, *images, 1.0, "skimage")
-    assert values.shape == (N_IMAGES,)
+    assert _throughput(benchmark, images, "torch", "skimage").shape == (N_IMAGES,)
 
 
 @pytest.mark.benchmark(group="ssim-skimage-preset")
 def test_skimage_loop_skimage_preset(benchmark, images):
-    values = benchmark(skimage_loop, *images, "skimage")
+    values = _throughput(benchmark, images, "skimage loop", "skimage")
     np.testing.assert_allclose(ssim_per_item(*images, 1.0, "skimage").numpy(), values, atol=1e-5)
 
 

@@ -2,7 +2,8 @@
 
 Run with ``pytest tests/benchmarks --benchmark-enable``; under the project's default
 ``--benchmark-disable`` each benchmark runs once as a plain test. ``BENCH_DEVICE`` selects
-the device (default ``cpu``); everything is CUDA-synchronised.
+the device (default ``cpu``); everything is CUDA-synchronised. Step timing is
+``bench_core.timing.benchmark_throughput``'s (rounds after one warm-up; ``extra_info["images_per_s"]``).
 
 Peak memory of one training step (forward, backward, per-sub-network clipping, Adamax):
 
@@ -29,6 +30,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from bench_core.api import DataSpec, merge_config
+from bench_core.timing import benchmark_throughput, synchronize
 from bench_plugins.models.vdvae3d import VDVAE3D
 
 DEVICE = torch.device(os.environ.get("BENCH_DEVICE", "cpu"))
@@ -44,11 +46,6 @@ def _one_cpu_thread() -> Iterator[None]:
         torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
-
-
-def _synchronize() -> None:
-    if DEVICE.type == "cuda":
-        torch.cuda.synchronize(DEVICE)
 
 
 def _setup(config: str, checkpointing: bool, device: torch.device):
@@ -93,21 +90,10 @@ def test_train_step_speed(benchmark, checkpointing: bool) -> None:
     _, step, _, _ = _setup("32", checkpointing, DEVICE)
     losses: list[float] = []
 
-    def timed() -> None:
-        losses.append(step())
-        _synchronize()
-
-    benchmark.extra_info.update(
-        config="32",
-        batch_size=BATCH,
-        input_shape=[1, 32, 32, 32],
-        checkpointing=checkpointing,
-        device=str(DEVICE),
-        torch_threads=torch.get_num_threads(),
-    )
-    benchmark.pedantic(timed, rounds=3, warmup_rounds=1)
-    if benchmark.stats is not None:  # None under --benchmark-disable
-        benchmark.extra_info["images_per_s"] = BATCH / benchmark.stats.stats.mean
+    benchmark_throughput(
+        benchmark, lambda: losses.append(step()), items=BATCH, device=DEVICE, rounds=3,
+        config="32", batch_size=BATCH, input_shape=[1, 32, 32, 32], checkpointing=checkpointing,
+    )  # fmt: skip
     assert losses and all(torch.isfinite(torch.tensor(losses)))
 
 
@@ -140,10 +126,10 @@ def _cuda_peak(config: str, checkpointing: bool) -> dict[str, float | str]:
     model, step, batch, _ = _setup(config, checkpointing, DEVICE)
     saved = _saved_bytes(model, batch)
     step()  # the first step allocates the optimiser state and the cuDNN workspaces
-    _synchronize()
+    synchronize(DEVICE)
     torch.cuda.reset_peak_memory_stats(DEVICE)
     step()
-    _synchronize()
+    synchronize(DEVICE)
     return {
         "peak_allocated_mb": torch.cuda.max_memory_allocated(DEVICE) / MB,
         "saved_activations_mb": saved / MB,

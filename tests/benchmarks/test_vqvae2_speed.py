@@ -2,8 +2,9 @@
 
 Run with ``pytest tests/benchmarks --benchmark-enable``; under the project's default
 ``--benchmark-disable`` each benchmark runs once as a plain test. ``BENCH_DEVICE`` selects
-the device (default ``cpu``). Throughput lands in ``extra_info["images_per_s"]`` (training,
-decoding) or ``extra_info["samples_per_s"]`` (sampling); batch sizes and shapes are recorded
+the device (default ``cpu``). Timing is ``bench_core.timing.benchmark_throughput``'s
+(CUDA-synchronised rounds after one warm-up); throughput lands in ``extra_info["images_per_s"]``
+(training, decoding) or ``extra_info["samples_per_s"]`` (sampling); batch sizes and shapes are recorded
 next to it because CPU runs use small batches to stay fast.
 
 Sampling runs twice, with the rows below the current one cropped away (``crop_rows=True``,
@@ -16,17 +17,15 @@ about half a second per bottom-grid position at 64x64, so there they sample a 16
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator
-from typing import TypeVar
+from collections.abc import Iterator
 
 import pytest
 import torch
 
 from bench_core.api import DataSpec, merge_config
+from bench_core.timing import benchmark_throughput
 from bench_plugins.models.pixelcnn import PixelCNNVQVAE2
 from bench_plugins.models.vqvae2 import VQVAE2
-
-T = TypeVar("T")
 
 DEVICE = torch.device(os.environ.get("BENCH_DEVICE", "cpu"))
 CUDA = DEVICE.type == "cuda"
@@ -53,23 +52,8 @@ def _one_cpu_thread() -> Iterator[None]:
     torch.set_num_threads(threads)
 
 
-def _synchronize() -> None:
-    if CUDA:
-        torch.cuda.synchronize(DEVICE)
-
-
 def _spec(shape: tuple[int, int]) -> DataSpec:
     return DataSpec(("image",), (1,), 2, shape, (-1.0, 1.0))
-
-
-def _run(benchmark, fn: Callable[[], T], rounds: int = 3) -> T:
-    benchmark.extra_info.update(device=str(DEVICE), torch_threads=torch.get_num_threads())
-    return benchmark.pedantic(fn, rounds=rounds, warmup_rounds=1)
-
-
-def _per_second(benchmark, key: str, count: int) -> None:
-    if benchmark.stats is not None:  # None under --benchmark-disable
-        benchmark.extra_info[key] = count / benchmark.stats.stats.mean
 
 
 @pytest.mark.benchmark(group="vqvae2-train")
@@ -90,12 +74,12 @@ def test_train_step_speed(benchmark, config: str, shape, cuda_batch: int, cpu_ba
         loss = stage.loss(batch)["loss"]
         loss.backward()
         optimizer.step()
-        _synchronize()
         losses.append(loss.item())
 
-    benchmark.extra_info.update(config=config, batch_size=batch_size, input_shape=[1, *shape])
-    _run(benchmark, step)
-    _per_second(benchmark, "images_per_s", batch_size)
+    benchmark_throughput(
+        benchmark, step, items=batch_size, device=DEVICE, rounds=3,
+        config=config, batch_size=batch_size, input_shape=[1, *shape], channels_last=channels_last,
+    )  # fmt: skip
     assert all(torch.isfinite(torch.tensor(losses)))
 
 
@@ -109,15 +93,16 @@ def test_decode_speed(benchmark) -> None:
     n_codes = VQVAE2.configs[config]["n_embeddings"]
     codes_t = torch.randint(n_codes, (DECODE_BATCH, 32, 16), generator=g).to(DEVICE)
     codes_b = torch.randint(n_codes, (DECODE_BATCH, 64, 32), generator=g).to(DEVICE)
+    outputs: list[torch.Tensor] = []
 
-    def decode() -> torch.Tensor:
-        images = model.decode_codes(codes_t, codes_b)
-        _synchronize()
-        return images
+    def decode() -> None:
+        outputs.append(model.decode_codes(codes_t, codes_b))
 
-    benchmark.extra_info.update(config=config, batch_size=DECODE_BATCH, input_shape=[1, *shape])
-    images = _run(benchmark, decode)
-    _per_second(benchmark, "images_per_s", DECODE_BATCH)
+    benchmark_throughput(
+        benchmark, decode, items=DECODE_BATCH, device=DEVICE, rounds=3,
+        config=config, batch_size=DECODE_BATCH, input_shape=[1, *shape],
+    )  # fmt: skip
+    images = outputs[-1]
     assert images.shape == (DECODE_BATCH, 1, *shape)
 
 
@@ -129,20 +114,15 @@ def test_sample_speed(benchmark, config: str, crop_rows: bool) -> None:
     shape, n = SAMPLE_CASES[config]
     torch.manual_seed(0)
     model = PixelCNNVQVAE2(PixelCNNVQVAE2.configs[config], _spec(shape)).to(DEVICE).eval()
+    outputs: list[tuple[torch.Tensor, torch.Tensor]] = []
 
-    def sample() -> tuple[torch.Tensor, torch.Tensor]:
-        codes = model.sample_codes(n, 1.0, torch.Generator().manual_seed(0), crop_rows=crop_rows)
-        _synchronize()
-        return codes
+    def sample() -> None:
+        outputs.append(model.sample_codes(n, 1.0, torch.Generator().manual_seed(0), crop_rows=crop_rows))
 
-    benchmark.extra_info.update(
-        config=config,
-        n=n,
-        input_shape=[1, *shape],
-        top_grid=list(model.top_shape),
-        bottom_grid=list(model.bottom_shape),
-        crop_rows=crop_rows,
-    )
-    codes_t, codes_b = _run(benchmark, sample, rounds=1)
-    _per_second(benchmark, "samples_per_s", n)
+    benchmark_throughput(
+        benchmark, sample, items=n, device=DEVICE, rounds=1, unit="samples",
+        config=config, n=n, input_shape=[1, *shape], top_grid=list(model.top_shape),
+        bottom_grid=list(model.bottom_shape), crop_rows=crop_rows,
+    )  # fmt: skip
+    codes_t, codes_b = outputs[-1]
     assert codes_t.shape == (n, *model.top_shape) and codes_b.shape == (n, *model.bottom_shape)

@@ -2,22 +2,21 @@
 
 Run with ``pytest tests/benchmarks --benchmark-enable``; under the project's default
 ``--benchmark-disable`` each benchmark runs once as a plain test. ``BENCH_DEVICE``
-selects the device (default ``cpu``). Throughput lands in ``extra_info["images_per_s"]``.
+selects the device (default ``cpu``). Timing is ``bench_core.timing.benchmark_throughput``'s
+(CUDA-synchronised rounds after one warm-up); throughput lands in ``extra_info["images_per_s"]``.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from typing import TypeVar
 
 import pytest
 import torch
 
 from bench_core.api import DataSpec
+from bench_core.timing import benchmark_throughput
 from bench_plugins.models.vqvae import VQVAE
-
-T = TypeVar("T")
 
 CONFIG = "seed003-hipmri"
 SHAPE = (256, 128)
@@ -27,29 +26,17 @@ TRAIN_BATCH = 16 if DEVICE.type == "cuda" else 4
 DECODE_BATCH = 16
 
 
-def _synchronize() -> None:
-    if DEVICE.type == "cuda":
-        torch.cuda.synchronize(DEVICE)
-
-
 def _model() -> VQVAE:
     torch.manual_seed(0)
     spec = DataSpec(("image",), (1,), 2, SHAPE, (0.0, 1.0))
     return VQVAE(VQVAE.configs[CONFIG], spec).to(DEVICE)
 
 
-def _run(benchmark, fn: Callable[[], T], batch: int) -> T:
-    benchmark.extra_info.update(
-        config=CONFIG,
-        batch_size=batch,
-        input_shape=[1, *SHAPE],
-        device=str(DEVICE),
-        torch_threads=torch.get_num_threads(),
+def _run(benchmark, fn: Callable[[], object], batch: int) -> None:
+    """Time ``fn`` on ``batch`` images with the shared protocol, recording the config beside the throughput."""
+    benchmark_throughput(
+        benchmark, fn, items=batch, device=DEVICE, rounds=3, config=CONFIG, batch_size=batch, input_shape=[1, *SHAPE]
     )
-    result = benchmark.pedantic(fn, rounds=3, warmup_rounds=1)
-    if benchmark.stats is not None:  # None under --benchmark-disable
-        benchmark.extra_info["images_per_s"] = batch / benchmark.stats.stats.mean
-    return result
 
 
 @pytest.mark.benchmark(group="vqvae")
@@ -66,7 +53,6 @@ def test_train_step_speed(benchmark) -> None:
         loss = stage.loss(batch)["loss"]
         loss.backward()
         optimizer.step()
-        _synchronize()
         losses.append(loss.item())
 
     _run(benchmark, step, TRAIN_BATCH)
@@ -81,12 +67,12 @@ def test_decode_speed(benchmark) -> None:
     n_codes = VQVAE.configs[CONFIG]["n_embeddings"]
     codes = torch.randint(n_codes, (DECODE_BATCH, *latent), generator=torch.Generator().manual_seed(0))
     codes = codes.to(DEVICE)
+    outputs: list[torch.Tensor] = []
 
-    def decode() -> torch.Tensor:
+    def decode() -> None:
         with torch.no_grad():
-            images = model.decode_codes(codes)
-        _synchronize()
-        return images
+            outputs.append(model.decode_codes(codes))
 
-    images = _run(benchmark, decode, DECODE_BATCH)
+    _run(benchmark, decode, DECODE_BATCH)
+    images = outputs[-1]
     assert images.shape == (DECODE_BATCH, 1, *SHAPE)
