@@ -152,8 +152,17 @@ class TrainingStage:
             Non-finite losses or gradients are always skipped and counted.
         ema_decay: keep an exponential moving average of the parameters and evaluate
             with it (``None``: off).
-        default_steps: training steps when the suite gives no budget.
-        batch_size: default batch size of this stage.
+        default_steps: training steps (optimiser updates) when the suite gives no budget.
+        batch_size: default batch size of this stage (items per forward pass).
+        accumulate: forward/backward passes per optimiser update (gradient accumulation);
+            the update's gradient is that of one batch of ``batch_size * accumulate``
+            items (each pass weighted by its share of the items), in the memory of one.
+        augment: whether the suite's paired augmentation applies to this stage's batches
+            (``False`` for stages that must see the data as it is, e.g. a warm-up).
+        continue_optimizer: start from the optimiser state the previous stage ended with
+            (moments and step counts), as one optimiser running through both stages
+            would; the two stages must optimise the same parameters with the same kind
+            of optimiser.
     """
 
     name: str
@@ -167,6 +176,9 @@ class TrainingStage:
     ema_decay: float | None = None
     default_steps: int = 1000
     batch_size: int = 16
+    accumulate: int = 1
+    augment: bool = True
+    continue_optimizer: bool = False
 
 
 @runtime_checkable

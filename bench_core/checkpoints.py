@@ -1,7 +1,8 @@
 """Checkpoints: content-keyed final weights (safetensors) and resumable training state.
 
 Final weights live at ``<output>/checkpoints/<key>/model.safetensors`` with a
-``meta.json``; the key hashes everything that determines the weights (model name and
+``meta.json`` (and ``best.safetensors``, the best-validation weights, when the suite
+validates); the key hashes everything that determines the weights (model name and
 version, config, dataset fingerprint, seed, budget). Training state for resuming
 (optimiser, step, RNG states) is written with ``torch.save`` and read back with
 ``weights_only=True``, so loading never executes code. Every write goes to a temporary
@@ -23,6 +24,7 @@ from safetensors.torch import load_file, save_file
 from bench_core.api import BenchError
 
 WEIGHTS = "model.safetensors"
+BEST_WEIGHTS = "best.safetensors"  # the weights of the best validation score, when a suite validates
 META = "meta.json"
 TRAIN_STATE = "train_state.pt"
 
@@ -47,15 +49,16 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-def save_weights(model: torch.nn.Module, directory: Path, meta: dict[str, Any]) -> None:
-    """Save the model's state (parameters and buffers) as safetensors plus a JSON meta file."""
+def save_weights(model: torch.nn.Module, directory: Path, meta: dict[str, Any] | None, name: str = WEIGHTS) -> None:
+    """Save the model's state (parameters and buffers) as safetensors ``name``, plus a JSON meta file if given."""
     directory.mkdir(parents=True, exist_ok=True)
     # clone(): tied weights share storage, which safetensors refuses; each key gets its own copy.
     state = {k: v.detach().cpu().clone().contiguous() for k, v in model.state_dict().items()}
-    tmp = directory / f".{WEIGHTS}.{os.getpid()}.tmp"
+    tmp = directory / f".{name}.{os.getpid()}.tmp"
     save_file(state, str(tmp))
-    os.replace(tmp, directory / WEIGHTS)
-    atomic_write_bytes(directory / META, json.dumps(meta, indent=2, sort_keys=True, default=str).encode())
+    os.replace(tmp, directory / name)
+    if meta is not None:
+        atomic_write_bytes(directory / META, json.dumps(meta, indent=2, sort_keys=True, default=str).encode())
 
 
 def load_weights(model: torch.nn.Module, path: Path) -> None:

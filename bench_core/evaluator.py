@@ -63,6 +63,8 @@ class EvalSettings:
     max_items: int | None = None
     save_images: bool = True
     seed: int = 0
+    model_temperature: float | None = None  # passed to reconstruct/translate when set
+    workers: int = 0
 
 
 @dataclass
@@ -106,7 +108,12 @@ def evaluate(
                 continue  # samples have no ground-truth partner
             instances[task.name][name] = cls(data_range=1.0, dims=spec.dims, **options)
     state = {t.name: _TaskState(t) for t in tasks}
-    loader = DataLoader(test, batch_size=settings.batch_size, shuffle=False, num_workers=0)
+    if settings.model_temperature is not None and not takes_temperature(model):
+        outcome.notes.append(
+            f"the model's reconstruct/translate take no temperature: t={settings.model_temperature:g} "
+            "applies to sampling only"
+        )
+    loader = _loader(test, settings)
     sampler_gen = torch.Generator(device="cpu").manual_seed(settings.seed)
     seen = 0
     with torch.no_grad():
@@ -147,7 +154,7 @@ def evaluate(
                 st.clamped += int(((pred01 < 0) | (pred01 > 1)).sum())
                 st.values_total += pred01.numel()
                 pred01 = pred01.clamp(0, 1)
-                target01 = ((target - lo) / (hi - lo)).clamp(0, 1)
+                target01 = _unit(target, lo, hi)
                 for name, metric in instances[task.name].items():
                     values = metric.update(pred01, target01)
                     if values is not None:
@@ -162,7 +169,7 @@ def evaluate(
             if settings.save_images:
                 for modality in spec.modalities:
                     folder = f"gt{modality}" if spec.paired else "gt"
-                    _save_images(out_dir / folder, ids, ((batch[modality].float() - lo) / (hi - lo)).clamp(0, 1))
+                    _save_images(out_dir / folder, ids, _unit(batch[modality].float(), lo, hi))
     if seen == 0:
         raise BenchError("the test split is empty: nothing to evaluate")
     for task in tasks:
@@ -225,19 +232,70 @@ class _TaskState:
             if self.task.kind == SAMPLE:
                 column = [_view2d(pred01[i])]
             else:
-                source = ((batch[self.task.source][i].float() - lo) / (hi - lo)).clamp(0, 1)
+                source = _unit(batch[self.task.source][i].float(), lo, hi)
                 column = [_view2d(source)] if self.task.source != self.task.target else []
                 column += [_view2d(target01[i]), _view2d(pred01[i]), _view2d((pred01[i] - target01[i]).abs())]
             self.grid_rows.append([c.cpu() for c in column])
         self._grid_count += take
 
 
+def validation_score(
+    model: torch.nn.Module, data: Dataset, spec: DataSpec, task: Task, metric: Any, settings: EvalSettings
+) -> float:
+    """``metric`` of ``task`` over ``data`` (at most ``settings.max_items`` items): checkpoint selection.
+
+    ``metric`` is a fresh metric instance (``data_range=1``); no images are written.
+    """
+    lo, hi = spec.value_range
+    gen = torch.Generator(device="cpu").manual_seed(settings.seed)
+    seen = 0
+    for batch in _loader(data, settings):
+        if settings.max_items is not None:
+            batch = {k: v[: settings.max_items - seen] for k, v in batch.items()}
+        n = len(batch["id"])
+        if n == 0:
+            break
+        seen += n
+        batch = to_device(batch, settings.device)
+        with autocast(settings.device, settings.precision):
+            pred = _run_task(model, task, batch, n, settings, gen).float()
+        metric.update(_unit(pred, lo, hi), _unit(batch[task.target][:n].float(), lo, hi))
+    if seen == 0:
+        raise BenchError("validation: the val split is empty; remove `validation:` or give the dataset a val split")
+    value = float(metric.compute().value)
+    if not np.isfinite(value):
+        raise BenchError(f"validation: {task.name} {metric.name} is {value} (the model produced non-finite output?)")
+    return value
+
+
+def takes_temperature(model: torch.nn.Module) -> bool:
+    """Whether the model's ``reconstruct``/``translate`` accept a ``temperature`` keyword."""
+    import inspect
+
+    methods = [getattr(model, m, None) for m in ("reconstruct", "translate")]
+    return any(m is not None and "temperature" in inspect.signature(m).parameters for m in methods)
+
+
+def _loader(data: Dataset, settings: EvalSettings) -> DataLoader:
+    return DataLoader(
+        data, batch_size=settings.batch_size, shuffle=False, num_workers=settings.workers,
+        pin_memory=settings.device.type == "cuda",
+    )  # fmt: skip
+
+
+def _unit(x: torch.Tensor, lo: float, hi: float) -> torch.Tensor:
+    """The data range mapped to ``[0, 1]`` and clamped."""
+    return ((x - lo) / (hi - lo)).clamp(0, 1)
+
+
 def _run_task(model, task: Task, batch, n: int, settings: EvalSettings, gen: torch.Generator) -> torch.Tensor:
+    t = settings.model_temperature
+    kwargs = {"temperature": t} if t is not None and takes_temperature(model) else {}
     if task.kind == RECONSTRUCT:
-        return model.reconstruct(batch[task.source], task.source)
+        return model.reconstruct(batch[task.source], task.source, **kwargs)
     if task.kind == TRANSLATE:
-        return model.translate(batch[task.source], task.source, task.target)
-    return model.sample(n, temperature=settings.temperature, generator=gen)
+        return model.translate(batch[task.source], task.source, task.target, **kwargs)
+    return model.sample(n, temperature=settings.temperature if t is None else t, generator=gen)
 
 
 def _sync_time(device: torch.device) -> float:

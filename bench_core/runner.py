@@ -261,8 +261,9 @@ class Runner:
 
     def _train_and_evaluate(self, cell: Cell, key: str, device) -> tuple[list[dict], dict]:
         from bench_core import distributed as ddp
+        from bench_core.augment import PairedAugment
         from bench_core.checkpoints import TRAIN_STATE, WEIGHTS, checkpoint_key, load_weights, save_weights
-        from bench_core.evaluator import EvalSettings, evaluate, tasks_for
+        from bench_core.evaluator import tasks_for
         from bench_core.trainer import TrainSettings, run_stage, seed_everything
 
         dataset, spec, fingerprint = self._dataset(cell.dataset)
@@ -287,14 +288,18 @@ class Runner:
 
             compiled = compile_children(model)
         budget = cell.model.budget
-        ckpt = checkpoint_key(
-            {
-                "model": model_cls.name, "version": model_cls.version, "config": config,
-                "data": fingerprint, "dataset": [cell.dataset.plugin, cell.dataset.options], "spec": _spec_dict(spec),
-                "seed": cell.seed,
-                "budget": budget.model_dump(mode="json"), "precision": self.suite.precision,
-            }
-        )  # fmt: skip
+        key_parts = {
+            "model": model_cls.name, "version": model_cls.version, "config": config,
+            "data": fingerprint, "dataset": [cell.dataset.plugin, cell.dataset.options], "spec": _spec_dict(spec),
+            "seed": cell.seed,
+            "budget": budget.model_dump(mode="json", exclude_none=True), "precision": self.suite.precision,
+        }  # fmt: skip
+        # Only when set, so checkpoints trained before these options existed keep their keys.
+        if cell.dataset.augment:
+            key_parts["augment"] = cell.dataset.augment
+        if self.suite.validation is not None:
+            key_parts["validation"] = self.suite.validation.model_dump(mode="json")
+        ckpt = checkpoint_key(key_parts)
         ckdir = self.output_dir / "checkpoints" / ckpt
         details: dict[str, Any] = {
             "config": config,
@@ -313,16 +318,23 @@ class Runner:
             details["weights"] = f"checkpoint store {ckpt}"
         else:
             train = dataset.split("train")
-            for index, stage in enumerate(model.stages()):
+            stages = model.stages()
+            previous_optimizer = None
+            for index, stage in enumerate(stages):
                 stage_budget = budget.for_stage(stage.name)
                 settings = TrainSettings(
                     device=device, precision=self.suite.precision, seed=cell.seed,
                     steps=stage_budget.steps, epochs=stage_budget.epochs, batch_size=stage_budget.batch_size,
-                    checkpoint_every=stage_budget.checkpoint_every, progress=self.progress,
-                    label=cell.id,
+                    accumulate=stage_budget.accumulate, checkpoint_every=stage_budget.checkpoint_every,
+                    progress=self.progress, label=cell.id, num_workers=self.suite.workers,
+                    augment=PairedAugment(cell.dataset.augment, spec.modalities, spec.value_range[0]) or None,
+                    initial_optimizer=previous_optimizer if stage.continue_optimizer else None,
                 )  # fmt: skip
+                if index == len(stages) - 1 and self.suite.validation is not None:
+                    self._add_validation(settings, model, dataset, spec, tasks, device, cell, ckdir)
                 report = run_stage(model, stage, train, settings, ckdir / f"{index:02d}-{TRAIN_STATE}")
-                details["stages"].append(report.__dict__)
+                previous_optimizer = report.optimizer_state
+                details["stages"].append({k: v for k, v in report.__dict__.items() if k != "optimizer_state"})
                 if ddp.is_main():
                     self.log(_stage_line(cell, report))
                 rows.append(
@@ -353,37 +365,106 @@ class Runner:
             details["weights"] = f"trained, saved as checkpoint {ckpt}"
         if not ddp.is_main():
             return [], details
-        ev = self.suite.evaluation
-        cell_dir = self.output_dir / "cells" / _slug(cell.id)
-        outcome = evaluate(
-            model, dataset.split("test"), spec, tasks,
-            {m.plugin: (self.registry.get("metric", m.plugin).cls, m.options) for m in self.suite.metrics},
-            EvalSettings(
-                device=device, precision=self.suite.precision, batch_size=ev.batch_size, n_samples=ev.n_samples,
-                temperature=ev.temperature, grid_size=ev.grid_size, max_items=ev.max_items,
-                save_images=ev.save_images, seed=cell.seed,
-            ),
-            cell_dir,
-        )  # fmt: skip
-        rows += outcome.rows
-        extra = getattr(model, "evaluation_metrics", None)
-        if extra is not None:
-            import torch
-            from torch.utils.data import DataLoader
-
-            with torch.no_grad():
-                values = extra(DataLoader(dataset.split("test"), batch_size=ev.batch_size))
-            for name, value in values.items():
-                rows.append(
-                    {"task": "model", "metric": name, "value": float(value), "std": None, "n": None,
-                     "higher_is_better": None, "settings": {}, "provenance": {"plugin": model_cls.name}}
-                )  # fmt: skip
+        rows += self._evaluate_variants(model, dataset, spec, tasks, device, cell, ckdir, details)
         for row in rows:
             row["provenance"] = {**row.get("provenance", {}), "model_version": model_cls.version,
                                  "model_dist": model_reg.source.distribution}  # fmt: skip
-        (cell_dir / "eval.json").write_text(json.dumps(outcome.per_file, indent=1))
-        details.update(cell_dir=str(cell_dir.relative_to(self.output_dir)), grids=outcome.grids, notes=outcome.notes)
         return rows, details
+
+    def _add_validation(self, settings, model, dataset, spec, tasks, device, cell: Cell, ckdir: Path) -> None:
+        """Make ``settings`` score the model on the val split and keep the best weights."""
+        from bench_core.checkpoints import BEST_WEIGHTS
+        from bench_core.evaluator import EvalSettings, validation_score
+
+        val = self.suite.validation
+        assert val is not None
+        task = next((t for t in tasks if t.name == val.task), None) if val.task else tasks[0]
+        if task is None:
+            raise BenchError(
+                f"validation.task {val.task!r} is not a task of {cell.model.label} on {cell.dataset.label}; "
+                f"its tasks: {', '.join(t.name for t in tasks)}"
+            )
+        metric_cls = self.registry.get("metric", val.metric).cls
+        if task.kind == "sample" and metric_cls.kind == "paired":
+            raise BenchError(f"validation: {val.metric} compares pairs, and task {task.name} has no targets")
+        data = dataset.split("val")
+        eval_settings = EvalSettings(
+            device=device, precision=self.suite.precision, batch_size=val.batch_size, max_items=val.max_items,
+            seed=cell.seed, model_temperature=val.temperature, workers=self.suite.workers,
+        )  # fmt: skip
+
+        def score() -> float:
+            metric = metric_cls(data_range=1.0, dims=spec.dims, **val.options)
+            return validation_score(model, data, spec, task, metric, eval_settings)
+
+        settings.validate = score
+        settings.validate_every, settings.validate_every_epochs = val.every_steps, val.every_epochs
+        settings.validate_key = f"val_{task.name}_{val.metric}"
+        settings.validate_higher_is_better = bool(metric_cls.higher_is_better)
+        settings.best_path = ckdir / BEST_WEIGHTS
+
+    def _evaluate_variants(self, model, dataset, spec, tasks, device, cell: Cell, ckdir: Path, details) -> list[dict]:
+        """Evaluate every variant of the suite (weights x temperature); the first is the headline."""
+        from bench_core.checkpoints import BEST_WEIGHTS, WEIGHTS, load_weights
+        from bench_core.evaluator import EvalSettings, evaluate
+
+        ev = self.suite.evaluation
+        cell_dir = self.output_dir / "cells" / _slug(cell.id)
+        metrics = {m.plugin: (self.registry.get("metric", m.plugin).cls, m.options) for m in self.suite.metrics}
+        rows: list[dict] = []
+        notes: list[str] = []
+        for index, variant in enumerate(ev.variants):
+            headline = index == 0
+            weights = ckdir / BEST_WEIGHTS if variant.checkpoint == "best" else cell.model.load or ckdir / WEIGHTS
+            if not Path(weights).exists():
+                where = f"weights loaded from {cell.model.load}" if cell.model.load else "no best checkpoint saved"
+                notes.append(f"variant {variant.label} not evaluated: {where}")
+                continue
+            load_weights(model, Path(weights))
+            out_dir = cell_dir if headline else cell_dir / "variants" / variant.label
+            outcome = evaluate(
+                model, dataset.split("test"), spec, tasks, metrics,
+                EvalSettings(
+                    device=device, precision=self.suite.precision, batch_size=ev.batch_size,
+                    n_samples=ev.n_samples, temperature=ev.temperature, grid_size=ev.grid_size,
+                    max_items=ev.max_items, save_images=ev.save_images, seed=cell.seed,
+                    model_temperature=variant.temperature, workers=self.suite.workers,
+                ),
+                out_dir,
+            )  # fmt: skip
+            suffix = "" if headline else f"@{variant.label}"
+            for row in outcome.rows:
+                row["task"] += suffix
+                row["provenance"] = {**row.get("provenance", {}), "variant": variant.model_dump(mode="json")}
+            rows += outcome.rows
+            out_dir.mkdir(parents=True, exist_ok=True)
+            (out_dir / "eval.json").write_text(json.dumps(outcome.per_file, indent=1))
+            notes += [n if headline else f"{variant.label}: {n}" for n in outcome.notes]
+            if headline:
+                rows += self._model_metrics(model, dataset, ev.batch_size, cell)
+                details.update(cell_dir=str(cell_dir.relative_to(self.output_dir)), grids=outcome.grids)
+        if not rows:
+            raise BenchError("no evaluation variant could run: " + "; ".join(notes))
+        details["notes"] = notes
+        details["variants"] = [v.model_dump(mode="json") for v in ev.variants]
+        return rows
+
+    def _model_metrics(self, model, dataset, batch_size: int, cell: Cell) -> list[dict]:
+        """Rows of the model's own ``evaluation_metrics`` (ELBO, codebook usage...), if it has them."""
+        extra = getattr(model, "evaluation_metrics", None)
+        if extra is None:
+            return []
+        import torch
+        from torch.utils.data import DataLoader
+
+        with torch.no_grad():
+            values = extra(DataLoader(dataset.split("test"), batch_size=batch_size))
+        plugin = self.registry.get("model", cell.model.plugin).cls.name
+        return [
+            {"task": "model", "metric": name, "value": float(value), "std": None, "n": None,
+             "higher_is_better": None, "settings": {}, "provenance": {"plugin": plugin}}
+            for name, value in values.items()
+        ]  # fmt: skip
 
 
 def _spec_dict(spec) -> dict[str, Any]:

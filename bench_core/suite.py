@@ -28,6 +28,7 @@ class Budget(_Strict):
     steps: int | None = Field(default=None, gt=0)
     epochs: int | None = Field(default=None, gt=0)
     batch_size: int | None = Field(default=None, gt=0)
+    accumulate: int | None = Field(default=None, gt=0)
     stages: dict[str, Budget] = Field(default_factory=dict)
     checkpoint_every: int = Field(default=200, gt=0)
 
@@ -40,6 +41,7 @@ class Budget(_Strict):
             steps=own.steps if own.steps or own.epochs else self.steps,
             epochs=own.epochs if own.steps or own.epochs else self.epochs,
             batch_size=own.batch_size or self.batch_size,
+            accumulate=own.accumulate or self.accumulate,
             checkpoint_every=own.checkpoint_every,
         )
 
@@ -77,6 +79,17 @@ class DatasetEntry(_Strict):
     root: str
     embedded: EmbeddedData = Field(default_factory=EmbeddedData)
     options: dict[str, Any] = Field(default_factory=dict)
+    augment: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("augment")
+    @classmethod
+    def _augment_valid(cls, value: dict[str, Any]) -> dict[str, Any]:
+        from bench_core.augment import check_settings
+
+        try:
+            return check_settings(value, "augment")
+        except BenchError as exc:
+            raise ValueError(str(exc)) from None
 
     @property
     def label(self) -> str:
@@ -96,8 +109,31 @@ class MetricEntry(_Strict):
     options: dict[str, Any] = Field(default_factory=dict)
 
 
+class Variant(_Strict):
+    """Which weights to evaluate and at which temperature.
+
+    ``checkpoint``: ``latest`` (the end of training) or ``best`` (the best validation score;
+    needs a ``validation:`` section). ``temperature``: passed to the model's
+    ``reconstruct``/``translate`` (when they take one) and to ``sample``; ``None`` keeps the
+    model's own and ``evaluation.temperature`` for sampling.
+    """
+
+    checkpoint: Literal["latest", "best"] = "latest"
+    temperature: float | None = Field(default=None, ge=0)
+
+    @property
+    def label(self) -> str:
+        """``best-t0``, ``latest``...: the suffix of this variant's task names (``A2B@best-t0``)."""
+        return self.checkpoint + (f"-t{self.temperature:g}" if self.temperature is not None else "")
+
+
 class Evaluation(_Strict):
-    """Evaluation settings shared by every cell."""
+    """Evaluation settings shared by every cell.
+
+    ``variants``: the first is the headline (plain task names, e.g. ``A2B``); every other
+    one is stored under ``<task>@<variant label>`` (e.g. ``A2B@latest-t1``), so each gets
+    its own leaderboard section.
+    """
 
     batch_size: int = Field(default=16, gt=0)
     n_samples: int = Field(default=64, gt=0)
@@ -105,6 +141,40 @@ class Evaluation(_Strict):
     grid_size: int = Field(default=8, gt=0)
     max_items: int | None = Field(default=None, gt=0)
     save_images: bool = True
+    variants: list[Variant] = Field(default_factory=lambda: [Variant()], min_length=1)
+
+    @field_validator("variants")
+    @classmethod
+    def _variants_unique(cls, value: list[Variant]) -> list[Variant]:
+        labels = [v.label for v in value]
+        dup = sorted({x for x in labels if labels.count(x) > 1})
+        if dup:
+            raise ValueError(f"variants must differ; repeated: {', '.join(dup)}")
+        return value
+
+
+class Validation(_Strict):
+    """Scoring on the val split during training, which picks the ``best`` checkpoint.
+
+    The model is scored on ``task`` (default: its first evaluation task) with ``metric`` every
+    ``every_epochs`` epochs or ``every_steps`` steps of its last training stage, and at the
+    end; the best-scoring weights are kept (the metric's direction decides "best").
+    """
+
+    metric: str = "psnr"
+    options: dict[str, Any] = Field(default_factory=dict)
+    task: str | None = None
+    every_epochs: int | None = Field(default=None, gt=0)
+    every_steps: int | None = Field(default=None, gt=0)
+    max_items: int | None = Field(default=None, gt=0)
+    batch_size: int = Field(default=16, gt=0)
+    temperature: float | None = Field(default=None, ge=0)
+
+    @model_validator(mode="after")
+    def _one_period(self) -> Validation:
+        if (self.every_epochs is None) == (self.every_steps is None):
+            raise ValueError("give exactly one of every_epochs and every_steps")
+        return self
 
 
 class Suite(_Strict):
@@ -122,6 +192,8 @@ class Suite(_Strict):
     datasets: list[DatasetEntry] = Field(min_length=1)
     metrics: list[MetricEntry] = Field(min_length=1)
     evaluation: Evaluation = Field(default_factory=Evaluation)
+    validation: Validation | None = None
+    workers: int = Field(default=0, ge=0)
     include: list[str] = Field(default_factory=list)
     exclude: list[str] = Field(default_factory=list)
     requires: list[str] = Field(default_factory=list)
@@ -159,6 +231,15 @@ class Suite(_Strict):
             dup = sorted({x for x in labels if labels.count(x) > 1})
             if dup:
                 raise ValueError(f"{what} labels must be unique; repeated: {', '.join(dup)} (set `id:`)")
+        return self
+
+    @model_validator(mode="after")
+    def _best_needs_validation(self) -> Suite:
+        if self.validation is None and any(v.checkpoint == "best" for v in self.evaluation.variants):
+            raise ValueError(
+                "evaluation.variants asks for checkpoint: best, but the suite has no `validation:` section "
+                "saying how to pick it (e.g. validation: {metric: psnr, task: B2A, every_epochs: 1})"
+            )
         return self
 
     @property

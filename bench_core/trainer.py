@@ -12,7 +12,7 @@ import math
 import os
 import random
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from bench_core import distributed as ddp
 from bench_core.api import BenchError, OptimizerSpec, TrainingStage
-from bench_core.checkpoints import load_train_state, save_train_state
+from bench_core.checkpoints import load_train_state, save_train_state, save_weights
 
 MAX_CURVE_POINTS = 200
 
@@ -47,6 +47,15 @@ class TrainSettings:
     num_workers: int = 0
     progress: bool = True
     label: str = ""
+    accumulate: int | None = None  # passes per update; None: the stage's own
+    augment: Callable[[dict[str, Any], torch.Generator], dict[str, Any]] | None = None
+    validate: Callable[[], float] | None = None  # higher is better; run on rank 0 in eval mode
+    validate_every: int | None = None  # steps between validations (and always at the end)
+    validate_every_epochs: int | None = None  # or epochs between validations
+    validate_key: str = "validation"  # curve key of the validation value
+    validate_higher_is_better: bool = True
+    best_path: Path | None = None  # where the best-scoring weights are saved
+    initial_optimizer: dict[str, Any] | None = None  # optimiser state to continue from
 
 
 @dataclass
@@ -62,6 +71,9 @@ class StageReport:
     resumed_from: int = 0
     peak_memory_mb: float | None = None
     memory_measure: str = ""
+    best_score: float | None = None
+    best_step: int | None = None
+    optimizer_state: dict[str, Any] | None = field(default=None, repr=False)
 
 
 def peak_memory(device: torch.device) -> tuple[float, str]:
@@ -202,17 +214,31 @@ def run_stage(
     settings: TrainSettings,
     state_path: Path,
 ) -> StageReport:
-    """Train ``model`` through one stage, resuming from ``state_path`` if it holds this stage."""
+    """Train ``model`` through one stage, resuming from ``state_path`` if it holds this stage.
+
+    A step is one optimiser update of ``accumulate`` forward/backward passes of
+    ``batch_size`` items. With ``settings.validate`` the model is scored every
+    ``validate_every`` steps and at the end, and the best-scoring weights are saved to
+    ``settings.best_path``; validation runs under a forked RNG, so it never changes the
+    training trajectory (the last weights are the same with or without it).
+    """
     device = settings.device
     batch_size = settings.batch_size or stage.batch_size
+    accumulate = settings.accumulate or stage.accumulate
+    if accumulate < 1:
+        raise BenchError(f"stage {stage.name!r}: accumulate must be at least 1, got {accumulate}")
     n = len(dataset)  # type: ignore[arg-type]
     world, rank = ddp.world_size(), ddp.rank()
     if n // world == 0:
         raise BenchError(f"stage {stage.name!r}: the training split is empty (or smaller than {world} ranks)")
     n_local = n // world
-    drop_last = n_local > batch_size
-    per_epoch = n_local // batch_size if drop_last else 1
+    per_update = batch_size * accumulate
+    # Full updates only, unless the split is smaller than one update: then one update of all of it.
+    drop_last = n_local > per_update
+    per_epoch = n_local // per_update if drop_last else 1
     total = settings.steps or (settings.epochs * per_epoch if settings.epochs else stage.default_steps)
+    augment = settings.augment if stage.augment and settings.augment else None
+    every = settings.validate_every or (settings.validate_every_epochs or 0) * per_epoch or None
 
     frozen = list(stage.frozen() if stage.frozen else [])
     frozen_grad = [(p, p.requires_grad) for m in frozen for p in m.parameters()]
@@ -224,8 +250,10 @@ def run_stage(
     optimizer = build_optimizer(stage.optimizer, params)
     scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and settings.precision == "amp")
     ema = [p.detach().clone() for p in params] if stage.ema_decay else None
+    aug_gen = torch.Generator().manual_seed(settings.seed * 7919 + 1)
 
     step, skipped, curve_points = 0, 0, []
+    best: dict[str, Any] = {"score": None, "step": None}
     saved = load_train_state(state_path)
     if saved is not None and saved.get("stage") == stage.name:
         model.load_state_dict(saved["model"])
@@ -235,9 +263,14 @@ def run_stage(
             for e, s in zip(ema, saved["ema"], strict=True):
                 e.copy_(s)
         step, skipped, curve_points = saved["step"], saved["skipped"], saved["curve"]
+        best = saved.get("best", best)
+        if "augment_rng" in saved:
+            aug_gen.set_state(saved["augment_rng"])
         _set_rng_state(saved["rng"])
     else:
         ddp.broadcast_module(model)  # every rank starts from rank 0's initialisation
+        if settings.initial_optimizer is not None:
+            _continue_optimizer(optimizer, settings.initial_optimizer, stage.name)
     resumed_from = step
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -250,14 +283,43 @@ def run_stage(
             {
                 "stage": stage.name, "step": step, "skipped": skipped, "curve": curve_points,
                 "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
-                "ema": ema, "rng": _rng_state(),
+                "ema": ema, "rng": _rng_state(), "augment_rng": aug_gen.get_state(), "best": best,
             },
         )  # fmt: skip
 
+    def train_mode() -> None:
+        model.train()
+        for m in frozen:
+            m.eval()
+
+    def validate() -> None:
+        """Score the current (EMA) weights on rank 0; keep them when they beat the best so far."""
+        if settings.validate is None or not ddp.is_main():
+            return
+        with _weights_of(params, ema), torch.random.fork_rng(devices=_cuda_devices(device)):
+            model.eval()
+            with torch.no_grad():
+                value = float(settings.validate())
+            train_mode()
+            curve_points.append({"step": step, settings.validate_key: value})
+            better = best["score"] is None or (value > best["score"]) == settings.validate_higher_is_better
+            if math.isfinite(value) and better and value != best["score"]:
+                best.update(score=value, step=step)
+                assert settings.best_path is not None
+                save_weights(model, settings.best_path.parent, None, name=settings.best_path.name)
+
+    def micro_batches(loader: DataLoader) -> Iterator[list[dict[str, Any]]]:
+        group: list[dict[str, Any]] = []
+        for batch in loader:
+            group.append(batch)
+            if len(group) == accumulate:
+                yield group
+                group = []
+        if group and not drop_last:
+            yield group
+
     curve = _Curve(total, curve_points)
-    model.train()
-    for m in frozen:
-        m.eval()
+    train_mode()
     consecutive = 0
     timed_images, timed_seconds = 0, 0.0
     started = time.perf_counter()
@@ -268,21 +330,35 @@ def run_stage(
             loader = DataLoader(
                 dataset,
                 batch_size=batch_size,
-                sampler=EpochSampler(n, settings.seed, epoch, offset * batch_size, rank, world),
+                sampler=EpochSampler(n, settings.seed, epoch, offset * per_update, rank, world),
                 drop_last=drop_last,
                 num_workers=settings.num_workers,
                 pin_memory=device.type == "cuda",
+                persistent_workers=False,
             )
-            for batch in loader:
+            for group in micro_batches(loader):
                 t0 = time.perf_counter()
-                batch = to_device(batch, device)
-                with autocast(device, settings.precision):
-                    out = stage.loss(batch)
-                loss = out["loss"]
-                ok = ddp.all_true(bool(torch.isfinite(loss)), device)  # all ranks take the same branch
+                optimizer.zero_grad(set_to_none=True)
+                items = sum(_batch_len(b) for b in group)
+                values: dict[str, float] = {}
+                ok = True
+                for batch in group:
+                    batch = to_device(batch, device)
+                    if augment is not None:
+                        batch = augment(batch, aug_gen)
+                    with autocast(device, settings.precision):
+                        out = stage.loss(batch)
+                    loss = out["loss"]
+                    ok = ddp.all_true(bool(torch.isfinite(loss)), device)  # all ranks take the same branch
+                    if not ok:
+                        break
+                    # Weighted by the pass's share of the update's items: the gradient of one big batch.
+                    share = _batch_len(batch) / items
+                    scaler.scale(loss * share if accumulate > 1 else loss).backward()
+                    for k, v in out.items():
+                        if torch.is_tensor(v) and v.numel() == 1:
+                            values[k] = values.get(k, 0.0) + float(v.detach()) * share
                 if ok:
-                    optimizer.zero_grad(set_to_none=True)
-                    scaler.scale(loss).backward()
                     ddp.average_gradients(params)
                     scaler.unscale_(optimizer)
                     norm = _clip(stage, params)
@@ -312,15 +388,18 @@ def run_stage(
                     torch.cuda.synchronize(device)
                 if step > resumed_from + 1:  # the first step pays for warm-up; leave it out
                     timed_seconds += time.perf_counter() - t0
-                    timed_images += _batch_len(batch) * world
-                values = {k: float(v.detach()) for k, v in out.items() if torch.is_tensor(v) and v.numel() == 1}
+                    timed_images += items * world
                 if ok:
                     curve.add(step, values)
                 advance(values.get("loss", float("nan")))
+                if every and step % every == 0 and step < total:
+                    validate()
                 if step % settings.checkpoint_every == 0 and step < total:
                     checkpoint()
                 if step >= total:
                     break
+    if step > resumed_from or best["score"] is None:
+        validate()
     checkpoint()
     ddp.broadcast_module(model)  # buffers (batch-norm statistics) follow rank 0
     for p, flag in frozen_grad:
@@ -340,7 +419,52 @@ def run_stage(
         images_per_second=timed_images / timed_seconds if timed_seconds > 0 else None,
         curve=curve_points,
         resumed_from=resumed_from,
+        best_score=best["score"],
+        best_step=best["step"],
+        optimizer_state=optimizer.state_dict(),
     )
+
+
+def _continue_optimizer(optimizer: torch.optim.Optimizer, state: dict[str, Any], stage: str) -> None:
+    """Load the previous stage's optimiser state, refusing one of another shape."""
+    mine = optimizer.state_dict()["param_groups"]
+    theirs = state.get("param_groups", [])
+    if [len(g["params"]) for g in mine] != [len(g["params"]) for g in theirs]:
+        raise BenchError(
+            f"stage {stage!r} continues the previous stage's optimiser, but that one optimised "
+            f"{sum(len(g['params']) for g in theirs)} parameter tensors and this one "
+            f"{sum(len(g['params']) for g in mine)}"
+        )
+    try:
+        optimizer.load_state_dict(state)
+    except (ValueError, KeyError, RuntimeError) as exc:
+        raise BenchError(f"stage {stage!r} cannot continue the previous stage's optimiser: {exc}") from None
+
+
+class _weights_of:
+    """Context in which ``params`` hold the EMA weights (when there are any), restored on exit."""
+
+    def __init__(self, params: list[torch.nn.Parameter], ema: list[torch.Tensor] | None):
+        self.params, self.ema = params, ema
+
+    def _swap(self) -> None:
+        if self.ema is None:
+            return
+        with torch.no_grad():
+            for e, p in zip(self.ema, self.params, strict=True):
+                tmp = p.detach().clone()
+                p.copy_(e)
+                e.copy_(tmp)
+
+    def __enter__(self) -> None:
+        self._swap()
+
+    def __exit__(self, *exc: object) -> None:
+        self._swap()
+
+
+def _cuda_devices(device: torch.device) -> list[int]:
+    return [device.index or 0] if device.type == "cuda" else []
 
 
 def _clip(stage: TrainingStage, params: list[torch.nn.Parameter]) -> torch.Tensor:
