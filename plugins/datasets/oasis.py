@@ -2,7 +2,7 @@
 
 Reads OASIS-1 T1 brain MRI in either layout of datasets.md §1.4 (the ``keras_png_slices_data``
 PNG set, or a flat folder of 3D volumes sliced as seed 002 does, models.md §3.1) and writes a
-procedural brain-phantom stand-in in the PNG layout (:meth:`Oasis.make_embedded`).
+brain-phantom stand-in built on the real MNI152 anatomy in the PNG layout (:meth:`Oasis.make_embedded`).
 """
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ _READ_ERRORS = (OSError, EOFError, ValueError, zlib.error, ImageFileError, Heade
 # every 4th (slice_0, slice_4, ... slice_28) from the inferior to the superior end of that range.
 _SLICES_PER_CASE = 32
 _SLICE_STEP = 4
-_SLICE_Z = (-0.32, 0.42)
+_SLICE_Z = (-0.3, 0.3)  # frame units: MNI z from -15 to 51 mm (temporal lobes to upper ventricles)
 _PNG_SHAPE = (256, 256)
 # 8-bit scaling of a slice: this percentile of brain voxels maps to 255 (robust to noise outliers).
 _WHITE_PERCENTILE = 99.5
@@ -208,7 +208,7 @@ class Oasis:
     """
 
     name = "oasis"
-    version = "1.0"
+    version = "1.1"
     api_version = API_VERSION
     obtain = (
         "Request access at https://www.oasis-brains.org (OASIS-1, data use agreement; no redistribution): "
@@ -266,10 +266,11 @@ class Oasis:
         """Write ``n`` phantom T1 axial slices (and masks) in the ``keras_png_slices`` PNG layout under ``root``.
 
         Splits get about 80/10/10% of the slices and disjoint subjects (case ids from 001, train
-        first). Each subject (:func:`brain.subject_params`: random size, gyrification, atrophy,
-        lesions, affine and elastic warp) contributes up to eight axial slices ``slice_0``,
-        ``slice_4``, ... ``slice_28`` spread over the central brain, each with its own bias field
-        and Rician noise. Images are 8-bit grey 256x256 (99.5th percentile of the brain -> 255);
+        first). Each subject is the real MNI152 anatomy of :mod:`.brain` (nilearn's bundled T1
+        template and tissue maps) under a random affine and elastic warp, with a few T1-dark
+        white-matter lesions (:func:`brain.subject_params`); it contributes up to eight axial
+        slices ``slice_0``, ``slice_4``, ... ``slice_28`` spread over the central brain, each with
+        its own bias field and Rician noise. Images are 8-bit grey 256x256 (99.5th percentile of the brain -> 255);
         masks in ``keras_png_slices_seg_*`` use the OASIS grey levels 0/85/170/255 (background,
         CSF, GM, WM with lesions). The same ``seed`` writes byte-identical files.
         """

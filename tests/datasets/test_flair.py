@@ -170,7 +170,7 @@ def test_bad_options_and_folders(fixture_root: Path, tmp_path: Path) -> None:
     for resolution in (48, True, "32"):
         with pytest.raises(DataError, match="resolution must be one of 32, 64, 128"):
             BiobankFlair(fixture_root, resolution=resolution)
-    with pytest.raises(DataError, match=r"unknown option 'size'; valid options: resolution"):
+    with pytest.raises(DataError, match=r"unknown option 'size'; valid options: cache, resolution"):
         BiobankFlair(fixture_root, size=[32, 32])
     with pytest.raises(DataError, match="nowhere does not exist"):
         BiobankFlair(tmp_path / "nowhere")
