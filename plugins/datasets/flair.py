@@ -9,6 +9,7 @@ not bound by gzip decoding and resizing.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import math
 import os
@@ -205,7 +206,8 @@ class VolumeCache:
             os.replace(tmp, self.path(key))
         except OSError as exc:
             self._writable = False
-            tmp.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                tmp.unlink(missing_ok=True)
             warnings.warn(
                 f"biobank-flair: cannot write the volume cache in {self.folder} ({exc}); reading volumes uncached. "
                 "Set BENCH_CACHE_DIR to a writable folder or pass the dataset option cache: false.",

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import pickle
+import re
 import shutil
+import threading
 from pathlib import Path
 
 import nibabel as nib
@@ -198,3 +201,90 @@ def test_fingerprint_sees_edits_behind_the_background(fixture_root: Path) -> Non
     volume[10:30, 10:30, 20:35] = 310.0  # another subject of the same size: only the brain differs
     _nii(path, volume)
     assert BiobankFlair(fixture_root).fingerprint() != before
+
+
+def _entries(cache: Path) -> list[Path]:
+    return sorted((cache / "volumes").glob("*")) if (cache / "volumes").exists() else []
+
+
+def test_volume_cache_serves_the_same_volume_without_decoding(
+    fixture_root: Path, private_cache_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    uncached = BiobankFlair(fixture_root, cache=False).split("train")
+    assert _entries(private_cache_dir) == []  # cache: false writes nothing
+    cached = BiobankFlair(fixture_root).split("train")
+    first = [cached[i]["image"] for i in range(len(cached))]
+    entries = _entries(private_cache_dir)
+    assert len(entries) == len(cached) and all(p.suffix == ".npy" for p in entries)  # no temporary files left
+    for i, image in enumerate(first):
+        assert torch.equal(image, uncached[i]["image"])
+
+    def no_decoding(path: Path, resolution: int) -> torch.Tensor:
+        raise AssertionError(f"decoded {path} although it is cached")
+
+    decode = flair.load_volume
+    monkeypatch.setattr(flair, "load_volume", no_decoding)
+    again = pickle.loads(pickle.dumps(cached))  # as a DataLoader worker gets it
+    for i, image in enumerate(first):
+        assert torch.equal(again[i]["image"], image)
+    # Another resolution is another entry.
+    monkeypatch.setattr(flair, "load_volume", decode)
+    BiobankFlair(fixture_root, resolution=64).split("train")[0]
+    assert len(_entries(private_cache_dir)) == len(cached) + 1
+
+
+def test_volume_cache_key_follows_content_not_size_or_mtime(fixture_root: Path, private_cache_dir: Path) -> None:
+    data = BiobankFlair(fixture_root).split("train")
+    path = data.files[0]
+    before = data[0]["image"]
+    stat = path.stat()
+    volume = np.asarray(nib.load(path).dataobj).copy()
+    volume[volume > 0] *= np.linspace(0.5, 1.5, int((volume > 0).sum()), dtype=np.float32)  # same size, new content
+    _nii(path, volume)
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert path.stat().st_size == stat.st_size and path.stat().st_mtime_ns == stat.st_mtime_ns
+    after = data[0]["image"]
+    assert not torch.equal(after, before)
+    assert torch.equal(after, flair.load_volume(path, 32))
+
+
+def test_volume_cache_recovers_from_bad_entries_and_unwritable_folders(
+    fixture_root: Path, private_cache_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = BiobankFlair(fixture_root).split("train")
+    expected = data[0]["image"]
+    (entry,) = _entries(private_cache_dir)
+    entry.write_bytes(entry.read_bytes()[:100])  # truncated by a crash of some other writer
+    assert torch.equal(data[0]["image"], expected)
+    assert entry.stat().st_size > 100  # rewritten
+    blocker = private_cache_dir / "not-a-folder"
+    blocker.write_text("")
+    monkeypatch.setenv("BENCH_CACHE_DIR", str(blocker))
+    data = BiobankFlair(fixture_root).split("train")
+    with pytest.warns(UserWarning, match=re.escape(f"biobank-flair: cannot write the volume cache in {blocker}")):
+        assert torch.equal(data[0]["image"], expected)
+    assert torch.equal(data[0]["image"], expected)  # warned once, then uncached
+
+
+def test_volume_cache_writes_are_atomic_under_concurrency(tmp_path: Path) -> None:
+    cache = flair.VolumeCache(tmp_path / "volumes")
+    volume = torch.rand(1, 32, 32, 32)
+    seen: list[torch.Tensor | None] = []
+
+    def hammer() -> None:
+        for _ in range(20):
+            cache.store("k", volume)
+            seen.append(cache.load("k", 32))
+
+    threads = [threading.Thread(target=hammer) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(seen) == 80 and all(s is not None and torch.equal(s, volume) for s in seen)
+    assert [p.name for p in (tmp_path / "volumes").iterdir()] == ["k.npy"]
+
+
+def test_cache_option_must_be_boolean(fixture_root: Path) -> None:
+    with pytest.raises(DataError, match=re.escape("biobank-flair: option cache must be true or false, got 'yes'")):
+        BiobankFlair(fixture_root, cache="yes")
