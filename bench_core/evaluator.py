@@ -10,7 +10,6 @@ recorded) before the metrics see them, so every metric uses ``data_range = 1``.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from bench_core.api import RECONSTRUCT, SAMPLE, TRANSLATE, BenchError, DataSpec
+from bench_core.timing import ThroughputMeter
 from bench_core.trainer import autocast, to_device
 
 
@@ -107,7 +107,7 @@ def evaluate(
             if task.kind == SAMPLE and cls.kind == "paired":
                 continue  # samples have no ground-truth partner
             instances[task.name][name] = cls(data_range=1.0, dims=spec.dims, **options)
-    state = {t.name: _TaskState(t) for t in tasks}
+    state = {t.name: _TaskState(t, settings.device) for t in tasks}
     if settings.model_temperature is not None and not takes_temperature(model):
         outcome.notes.append(
             f"the model's reconstruct/translate take no temperature: t={settings.model_temperature:g} "
@@ -133,14 +133,8 @@ def evaluate(
                 if n <= 0:
                     continue
                 st.items += n
-                t0 = _sync_time(settings.device)
-                with autocast(settings.device, settings.precision):
+                with st.meter.measure(n), autocast(settings.device, settings.precision):
                     pred = _run_task(model, task, batch, n, settings, sampler_gen)
-                elapsed = _sync_time(settings.device) - t0
-                st.batches += 1
-                if st.batches > 1:  # the first batch pays for warm-up; leave it out of throughput
-                    st.timed_items += n
-                    st.timed_seconds += elapsed
                 pred = pred.float()
                 if not torch.isfinite(pred).all():
                     raise BenchError(f"task {task.name}: the model produced NaN or Inf values")
@@ -191,15 +185,14 @@ def evaluate(
                 outcome.per_file.setdefault(task.name, {})[name] = {
                     "mean": result.value, "std": result.std, "n": result.n, "per_file": st.per_file[name],
                 }  # fmt: skip
-        if st.timed_seconds > 0:
+        if st.meter.per_second is not None:
             outcome.rows.append(
                 {
-                    "task": task.name, "metric": "images_per_s", "value": st.timed_items / st.timed_seconds,
-                    "std": None, "n": st.timed_items, "higher_is_better": True,
+                    "task": task.name, "metric": "images_per_s", "value": st.meter.per_second,
+                    "std": None, "n": st.meter.items, "higher_is_better": True,
                     "settings": {
                         "batch_size": settings.batch_size, "device": str(settings.device),
-                        "precision": settings.precision,
-                        "protocol": "wall clock of model calls, CUDA-synchronised, first batch excluded",
+                        "precision": settings.precision, "protocol": f"model calls per batch: {st.meter.protocol}",
                     },
                     "provenance": {"plugin": "engine"},
                 }
@@ -212,12 +205,10 @@ def evaluate(
 
 
 class _TaskState:
-    def __init__(self, task: Task):
+    def __init__(self, task: Task, device: torch.device):
         self.task = task
         self.per_file: dict[str, dict[str, float]] = {}
-        self.timed_seconds = 0.0
-        self.timed_items = 0
-        self.batches = 0
+        self.meter = ThroughputMeter(device, skip_first=1)  # the first batch pays for warm-up
         self.items = 0
         self.clamped = 0
         self.values_total = 0
@@ -296,12 +287,6 @@ def _run_task(model, task: Task, batch, n: int, settings: EvalSettings, gen: tor
     if task.kind == TRANSLATE:
         return model.translate(batch[task.source], task.source, task.target, **kwargs)
     return model.sample(n, temperature=settings.temperature if t is None else t, generator=gen)
-
-
-def _sync_time(device: torch.device) -> float:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return time.perf_counter()
 
 
 def _view2d(x: torch.Tensor) -> torch.Tensor:

@@ -354,7 +354,7 @@ class Runner:
                             "higher_is_better": True,
                             "settings": {"batch_size": settings.batch_size or stage.batch_size,
                                          "device": str(device), "precision": self.suite.precision,
-                                         "protocol": "wall clock per step, CUDA-synchronised, first step excluded"},
+                                         "protocol": f"per optimiser update: {report.timing_protocol}"},
                             "provenance": {"plugin": "engine"},
                         }
                     )  # fmt: skip

@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from bench_core import distributed as ddp
 from bench_core.api import BenchError, OptimizerSpec, TrainingStage
 from bench_core.checkpoints import load_train_state, save_train_state, save_weights
+from bench_core.timing import ThroughputMeter
 
 MAX_CURVE_POINTS = 200
 
@@ -73,6 +74,7 @@ class StageReport:
     memory_measure: str = ""
     best_score: float | None = None
     best_step: int | None = None
+    timing_protocol: str = ""
     optimizer_state: dict[str, Any] | None = field(default=None, repr=False)
 
 
@@ -318,10 +320,42 @@ def run_stage(
         if group and not drop_last:
             yield group
 
+    def update(group: list[dict[str, Any]], items: int) -> tuple[bool, dict[str, float], torch.Tensor]:
+        """One optimiser update from the passes of ``group``; False when it was skipped."""
+        optimizer.zero_grad(set_to_none=True)
+        values: dict[str, float] = {}
+        for batch in group:
+            batch = to_device(batch, device)
+            if augment is not None:
+                batch = augment(batch, aug_gen)
+            with autocast(device, settings.precision):
+                out = stage.loss(batch)
+            loss = out["loss"]
+            if not ddp.all_true(bool(torch.isfinite(loss)), device):  # all ranks take the same branch
+                return False, values, loss
+            # Weighted by the pass's share of the update's items: the gradient of one big batch.
+            share = _batch_len(batch) / items
+            scaler.scale(loss * share if accumulate > 1 else loss).backward()
+            for k, v in out.items():
+                if torch.is_tensor(v) and v.numel() == 1:
+                    values[k] = values.get(k, 0.0) + float(v.detach()) * share
+        ddp.average_gradients(params)
+        scaler.unscale_(optimizer)
+        norm = _clip(stage, params)
+        if not bool(torch.isfinite(norm)) or (stage.skip_threshold is not None and float(norm) >= stage.skip_threshold):
+            return False, values, loss
+        scaler.step(optimizer)
+        scaler.update()
+        if ema is not None:
+            with torch.no_grad():
+                for e, p in zip(ema, params, strict=True):
+                    e.lerp_(p.detach(), 1.0 - stage.ema_decay)
+        return True, values, loss
+
     curve = _Curve(total, curve_points)
     train_mode()
     consecutive = 0
-    timed_images, timed_seconds = 0, 0.0
+    meter = ThroughputMeter(device, skip_first=1)  # the first update of this process pays for warm-up
     started = time.perf_counter()
     show = settings.progress and ddp.is_main()
     with _progress(show, f"{settings.label} {stage.name}".strip(), total, step) as advance:
@@ -337,41 +371,10 @@ def run_stage(
                 persistent_workers=False,
             )
             for group in micro_batches(loader):
-                t0 = time.perf_counter()
-                optimizer.zero_grad(set_to_none=True)
                 items = sum(_batch_len(b) for b in group)
-                values: dict[str, float] = {}
-                ok = True
-                for batch in group:
-                    batch = to_device(batch, device)
-                    if augment is not None:
-                        batch = augment(batch, aug_gen)
-                    with autocast(device, settings.precision):
-                        out = stage.loss(batch)
-                    loss = out["loss"]
-                    ok = ddp.all_true(bool(torch.isfinite(loss)), device)  # all ranks take the same branch
-                    if not ok:
-                        break
-                    # Weighted by the pass's share of the update's items: the gradient of one big batch.
-                    share = _batch_len(batch) / items
-                    scaler.scale(loss * share if accumulate > 1 else loss).backward()
-                    for k, v in out.items():
-                        if torch.is_tensor(v) and v.numel() == 1:
-                            values[k] = values.get(k, 0.0) + float(v.detach()) * share
+                with meter.measure(items * world):
+                    ok, values, loss = update(group, items)
                 if ok:
-                    ddp.average_gradients(params)
-                    scaler.unscale_(optimizer)
-                    norm = _clip(stage, params)
-                    ok = bool(torch.isfinite(norm)) and (
-                        stage.skip_threshold is None or float(norm) < stage.skip_threshold
-                    )
-                if ok:
-                    scaler.step(optimizer)
-                    scaler.update()
-                    if ema is not None:
-                        with torch.no_grad():
-                            for e, p in zip(ema, params, strict=True):
-                                e.lerp_(p.detach(), 1.0 - stage.ema_decay)
                     consecutive = 0
                 else:
                     optimizer.zero_grad(set_to_none=True)
@@ -384,11 +387,6 @@ def run_stage(
                             f"{' or norm over ' + str(stage.skip_threshold) if stage.skip_threshold else ''})"
                         )
                 step += 1
-                if device.type == "cuda":
-                    torch.cuda.synchronize(device)
-                if step > resumed_from + 1:  # the first step pays for warm-up; leave it out
-                    timed_seconds += time.perf_counter() - t0
-                    timed_images += items * world
                 if ok:
                     curve.add(step, values)
                 advance(values.get("loss", float("nan")))
@@ -416,7 +414,8 @@ def run_stage(
         steps=step,
         skipped=skipped,
         seconds=time.perf_counter() - started,
-        images_per_second=timed_images / timed_seconds if timed_seconds > 0 else None,
+        images_per_second=meter.per_second,
+        timing_protocol=meter.protocol,
         curve=curve_points,
         resumed_from=resumed_from,
         best_score=best["score"],
