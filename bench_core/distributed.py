@@ -14,6 +14,7 @@ mean gradient, so parameters stay identical across ranks.
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from typing import Any
@@ -113,11 +114,55 @@ def broadcast_module(module: torch.nn.Module) -> None:
             dist.broadcast(t.data, src=0)
 
 
+# Signals the launcher passes on to torchrun: Ctrl-C, kill/scheduler stop, terminal hang-up.
+FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+class _Forwarder:
+    """Signal handler of the launcher: pass the first signal to torchrun, once; ignore repeats.
+
+    torchrun answers SIGINT/SIGTERM/SIGHUP by signalling its workers, waiting for them
+    (SIGKILL after 30 s) and exiting. A second signal raised inside that clean-up would cut it
+    short and orphan the workers (they run in sessions of their own), so it is never sent.
+    """
+
+    def __init__(self) -> None:
+        self.proc: subprocess.Popen | None = None
+        self.received: list[int] = []
+        self.missed = False  # a signal came before torchrun was started
+
+    def __call__(self, signum: int, frame: object) -> None:
+        self.received.append(signum)
+        if len(self.received) > 1:
+            print("bench: still stopping the workers, waiting for them to exit", file=sys.stderr, flush=True)
+        elif self.proc is None:
+            self.missed = True
+        else:
+            self.proc.send_signal(signum)
+
+
 def launch(nproc: int, argv: list[str]) -> int:
-    """Run ``bench`` with ``argv`` under torchrun with ``nproc`` processes on this node."""
+    """Run ``bench`` with ``argv`` under torchrun with ``nproc`` processes on this node.
+
+    Returns torchrun's exit code, or 130 (128 + the signal for SIGTERM/SIGHUP) when the
+    launcher was signalled; it returns only after torchrun, and so every worker, has exited.
+    """
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
     cmd += ["-m", "bench_core", *argv]
+    forwarder = _Forwarder()
+    previous = {sig: signal.signal(sig, forwarder) for sig in FORWARDED_SIGNALS}
     try:
-        return subprocess.call(cmd)
-    except KeyboardInterrupt:  # torchrun forwards the signal to its workers and stops them
-        return 130
+        # torchrun gets a session of its own so that it receives exactly one signal, the launcher's.
+        # In the launcher's process group a terminal's Ctrl-C reached it as well, and a SIGINT sent
+        # to the launcher alone did not reach it at all; subprocess.call then SIGKILLed it 0.25 s
+        # after KeyboardInterrupt, before it had stopped its workers, which kept training (issue #7).
+        forwarder.proc = subprocess.Popen(cmd, start_new_session=True)
+        if forwarder.missed:
+            forwarder.proc.send_signal(forwarder.received[0])
+        code = forwarder.proc.wait()  # the handler runs during the wait; PEP 475 resumes it
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if forwarder.received:
+        return 130 if forwarder.received[0] == signal.SIGINT else 128 + forwarder.received[0]
+    return code
