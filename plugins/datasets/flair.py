@@ -15,7 +15,6 @@ import math
 import os
 import uuid
 import warnings
-import zlib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -24,15 +23,13 @@ import nibabel as nib
 import numpy as np
 import torch
 import torch.nn.functional as F
-from nibabel.filebasedimages import ImageFileError
-from nibabel.spatialimages import HeaderDataError
 from torch.utils.data import Dataset
 
 from bench_core.api import API_VERSION, SPLITS, DataError, DataSpec, cache_dir
 from bench_core.hookspecs import hookimpl
 
 from . import brain
-from ._common import check_options, check_root, files_of_split, fingerprint_spread
+from ._common import check_options, check_root, files_of_split, fingerprint_spread, read_nifti
 
 LAYOUT = "ROOT/*.nii or ROOT/*.nii.gz: a flat folder of 3D skull-stripped FLAIR volumes (at least 3)"
 PATTERNS = ("*.nii", "*.nii.gz")
@@ -49,7 +46,6 @@ _OPTIONS = ("resolution", "cache")
 VOLUME_CACHE_FORMAT = 1
 """Bump when the cached arrays change meaning without the plugin version changing."""
 _HASH_CHUNK = 1 << 20
-_READ_ERRORS = (OSError, EOFError, ValueError, zlib.error, ImageFileError, HeaderDataError)
 
 # Embedded data: a 48x56x48 grid keeps the 181:217:181 proportions of the SPM/MNI box at ~3.9 mm,
 # and raw-like float magnitudes (brightest tissue ~1000).
@@ -110,10 +106,7 @@ def load_volume(path: Path, resolution: int) -> torch.Tensor:
     axes (a 4D file with one volume) are dropped. Unreadable files, non-3D arrays and NaN/Inf
     values raise :class:`DataError` naming the file.
     """
-    try:
-        array = nib.load(path).get_fdata(dtype=np.float32)
-    except _READ_ERRORS as exc:
-        raise DataError(f"{path}: cannot read NIfTI file ({type(exc).__name__}: {exc})") from exc
+    array = read_nifti(path)
     while array.ndim > 3 and array.shape[-1] == 1:
         array = array[..., 0]
     if array.ndim != 3:

@@ -6,7 +6,6 @@ procedural pelvis-phantom stand-in in exactly that format (:meth:`HipMRI.make_em
 
 from __future__ import annotations
 
-import zlib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -14,8 +13,6 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 import torch
-from nibabel.filebasedimages import ImageFileError
-from nibabel.spatialimages import HeaderDataError
 from torch.utils.data import Dataset
 
 from bench_core.api import API_VERSION, DataError, DataSpec
@@ -29,6 +26,7 @@ from ._common import (
     fingerprint_files,
     list_split_files,
     parse_size,
+    read_nifti,
     resize,
     split_counts,
 )
@@ -45,9 +43,6 @@ DEFAULT_SIZE = (256, 128)
 NORMALIZATIONS = ("minmax",)
 _OPTIONS = ("size", "normalize")
 
-# Files that nibabel cannot parse fail with one of these (bad gzip streams raise OSError or
-# zlib.error, truncated ones EOFError, malformed headers the nibabel errors).
-_READ_ERRORS = (OSError, EOFError, ValueError, zlib.error, ImageFileError, HeaderDataError)
 
 # Embedded data: slices per patient-week, spacing of consecutive slices in phantom slice_pos,
 # and the gain that turns the phantom's T2 signal (urine ~1) into raw-like magnitudes ~0..1000.
@@ -69,10 +64,7 @@ def load_slice(path: Path, size: tuple[int, int]) -> torch.Tensor:
     slice (e.g. empty) maps to -1. Unreadable files, non-2D arrays and NaN/Inf values raise
     :class:`DataError` naming the file.
     """
-    try:
-        array = nib.load(path).get_fdata(dtype=np.float32)
-    except _READ_ERRORS as exc:
-        raise DataError(f"{path}: cannot read NIfTI file ({type(exc).__name__}: {exc})") from exc
+    array = read_nifti(path)
     while array.ndim > 2 and array.shape[-1] == 1:
         array = array[..., 0]
     if array.ndim != 2:

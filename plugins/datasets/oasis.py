@@ -7,16 +7,12 @@ brain-phantom stand-in built on the real MNI152 anatomy in the PNG layout (:meth
 
 from __future__ import annotations
 
-import zlib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import nibabel as nib
 import numpy as np
 import torch
-from nibabel.filebasedimages import ImageFileError
-from nibabel.spatialimages import HeaderDataError
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
@@ -25,12 +21,15 @@ from bench_core.hookspecs import hookimpl
 
 from . import brain
 from ._common import (
+    NIFTI_READ_ERRORS,
     check_options,
     check_root,
     files_of_split,
     fingerprint_files,
     fingerprint_spread,
     list_split_files,
+    nifti_data_error,
+    open_nifti,
     parse_size,
     resize,
     split_counts,
@@ -54,7 +53,6 @@ TEST_DIVISOR = 20
 _OPTIONS = ("layout", "size")
 # The COMP3710 loaders do Image.open(p).convert("L"); these 8-bit modes convert the same way.
 _GREY_MODES = ("L", "LA", "RGB", "RGBA", "P")
-_READ_ERRORS = (OSError, EOFError, ValueError, zlib.error, ImageFileError, HeaderDataError)
 
 # Embedded data: the real set has 32 axial slices per subject over the central brain; we write
 # every 4th (slice_0, slice_4, ... slice_28) from the inferior to the superior end of that range.
@@ -129,18 +127,18 @@ def load_volume_slice(path: Path, size: tuple[int, int]) -> torch.Tensor:
     to cover ``size`` and centre-cropped. Unreadable files, non-3D arrays and NaN/Inf values in
     the slice raise :class:`DataError` naming the file.
     """
+    proxy = open_nifti(path)
+    shape = tuple(proxy.shape)
+    while len(shape) > 3 and shape[-1] == 1:
+        shape = shape[:-1]
+    if len(shape) != 3:
+        raise DataError(f"{path}: expected a 3D volume, got shape {tuple(proxy.shape)}")
+    # Slicing the array proxy reads only the middle slice, not the whole volume.
+    index = (shape[0] // 2,) + (slice(None),) * 2 + (0,) * (len(proxy.shape) - 3)
     try:
-        proxy = nib.load(path)
-        shape = tuple(proxy.shape)
-        while len(shape) > 3 and shape[-1] == 1:
-            shape = shape[:-1]
-        if len(shape) != 3:
-            raise DataError(f"{path}: expected a 3D volume, got shape {tuple(proxy.shape)}")
-        # Slicing the array proxy reads only the middle slice, not the whole volume.
-        index = (shape[0] // 2,) + (slice(None),) * 2 + (0,) * (len(proxy.shape) - 3)
         array = np.asarray(proxy.dataobj[index], dtype=np.float32)
-    except _READ_ERRORS as exc:
-        raise DataError(f"{path}: cannot read NIfTI file ({type(exc).__name__}: {exc})") from exc
+    except NIFTI_READ_ERRORS as exc:
+        raise nifti_data_error(path, proxy, exc) from exc
     if not np.isfinite(array).all():
         raise DataError(f"{path}: middle slice contains NaN or Inf values")
     image = minmax(torch.from_numpy(np.ascontiguousarray(array))[None])

@@ -180,3 +180,27 @@ def test_module_does_not_import_torch() -> None:
     code = "import sys, bench_core.datacheck; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_truncated_and_big_endian_niftis(hipmri_root: Path, tmp_path: Path) -> None:
+    """A truncated .nii.gz is named with its exact reason; a big-endian int16 slice passes with the right values."""
+    root = tmp_path / "hipmri"
+    shutil.copytree(hipmri_root, root)
+    truncated = sorted((root / "keras_slices_train").glob("*.nii.gz"))[0]
+    noisy = np.random.default_rng(0).uniform(0, 1000, (256, 128)).astype(np.float32)
+    nib.save(nib.Nifti1Image(noisy, np.eye(4)), truncated)
+    truncated.write_bytes(truncated.read_bytes()[:60_000])
+    big_endian = sorted((root / "keras_slices_test").glob("*.nii.gz"))[0]
+    signed = (np.arange(256 * 128) % 3001 - 1500).astype(np.int16).reshape(256, 128)
+    image = nib.Nifti1Image(signed, np.eye(4), header=nib.Nifti1Header(endianness=">"))
+    image.header.set_data_dtype(">i2")
+    nib.save(image, big_endian)
+    report = check_dataset(HipMRI, root, {})
+    assert [(item.split, item.item) for item in report.bad_items] == [("train", str(truncated))]
+    assert report.bad_items[0].reason == (
+        f"{truncated}: truncated NIfTI file: the header declares a 256x128 float32 array (131072 bytes) "
+        "but the data ends early; copy or export the file again"
+    )
+    assert report.splits["test"].ok and report.splits["test"].minimum == -1.0 and report.splits["test"].maximum == 1.0
+    values = HipMRI(root).split("test")[0]["image"][0].numpy()
+    np.testing.assert_allclose(values, 2 * (signed + 1500) / 3000 - 1, atol=1e-6)
