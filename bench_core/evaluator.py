@@ -5,7 +5,8 @@ single-modality data, ``A2A``/``B2B`` and ``A2B``/``B2A`` for paired data, and
 ``sample``. One pass over the test loader feeds every reconstruction and translation
 task batch by batch, so no test set is ever held in memory. Predictions and targets are
 mapped from the dataset's value range to ``[0, 1]`` (predictions clamped, and the count
-recorded) before the metrics see them, so every metric uses ``data_range = 1``.
+recorded) before the metrics see them, so every metric uses ``data_range = 1``. Rows of
+per-item metrics carry the seeded bootstrap 95% interval of their mean over test items.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from bench_core.api import RECONSTRUCT, SAMPLE, TRANSLATE, BenchError, DataSpec
+from bench_core.report.stats import bootstrap_ci
 from bench_core.timing import ThroughputMeter
 from bench_core.trainer import autocast, to_device
 
@@ -181,6 +183,8 @@ def evaluate(
                         "provenance": {"plugin": name, "version": cls.version},
                     }
                 )  # fmt: skip
+            if name in st.per_file and (ci := bootstrap_ci(list(st.per_file[name].values()))) is not None:
+                outcome.rows[-1 - len(result.components)].update(ci_low=ci[0], ci_high=ci[1])
             if name in st.per_file:
                 outcome.per_file.setdefault(task.name, {})[name] = {
                     "mean": result.value, "std": result.std, "n": result.n, "per_file": st.per_file[name],

@@ -1,7 +1,8 @@
 """The results store: SQLite in WAL mode under the output dir.
 
-One ``results`` row per run x cell x task x metric, a ``cells`` row per cell with its
-status, and a ``runs`` row per ``bench run`` invocation. A cell's metric rows and its
+One ``results`` row per run x cell x task x metric (value, std, n, and for per-item
+metrics the seeded bootstrap 95% interval of the mean over items in ``ci_low``/``ci_high``),
+a ``cells`` row per cell with its status, and a ``runs`` row per ``bench run`` invocation. A cell's metric rows and its
 ``done`` status are committed in one transaction, so a killed run never leaves half a
 cell behind, and re-running never duplicates a finished cell. Cells are claimed before
 they run, so two ``bench run`` processes sharing one store split the work instead of
@@ -19,7 +20,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: results.ci_low / ci_high
 STORE_NAME = "results.sqlite"
 
 _SCHEMA = """
@@ -40,6 +41,7 @@ CREATE TABLE IF NOT EXISTS results (
     task TEXT NOT NULL, metric TEXT NOT NULL,
     value REAL, std REAL, n INTEGER, higher_is_better INTEGER,
     settings TEXT NOT NULL, provenance TEXT NOT NULL, created REAL NOT NULL,
+    ci_low REAL, ci_high REAL,
     UNIQUE (cell_key, task, metric)
 );
 """
@@ -78,7 +80,12 @@ class ResultsStore:
             for statement in _SCHEMA.split(";"):
                 if statement.strip():
                     cur.execute(statement)
-            cur.execute("INSERT OR IGNORE INTO meta(key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+            # Stores written by schema 1 gain the interval columns (empty for their rows).
+            columns = {row[1] for row in cur.execute("PRAGMA table_info(results)")}
+            for column in ("ci_low", "ci_high"):
+                if column not in columns:
+                    cur.execute(f"ALTER TABLE results ADD COLUMN {column} REAL")
+            cur.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
 
     def close(self) -> None:
         """Close the connection."""
@@ -163,14 +170,15 @@ class ResultsStore:
                 }  # fmt: skip
                 cur.execute(
                     "INSERT OR REPLACE INTO results(run_id, cell_key, suite, model, dataset, seed, task, metric, "
-                    "value, std, n, higher_is_better, settings, provenance, created) "
-                    "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                    "value, std, n, higher_is_better, settings, provenance, created, ci_low, ci_high) "
+                    "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                     (
                         full["run_id"], cell_key, full["suite"], full["model"], full["dataset"], full["seed"],
                         full["task"], full["metric"], full["value"], full.get("std"), full.get("n"),
                         None if full.get("higher_is_better") is None else int(full["higher_is_better"]),
                         json.dumps(full.get("settings", {}), sort_keys=True, default=str),
                         json.dumps(full.get("provenance", {}), sort_keys=True, default=str), now,
+                        full.get("ci_low"), full.get("ci_high"),
                     ),
                 )  # fmt: skip
                 written.append(full)

@@ -148,7 +148,9 @@ def aggregate(rows: list[dict[str, Any]], per_item: PerItem | None = None) -> Ag
     agg.settings = comparable_settings(rows[0]["settings"]) if rows else {}
     if len(values) > 1:
         agg.ci, agg.ci_over = bootstrap_ci(values), "seeds"
-    elif len(kept) == 1 and per_item is not None:
+    elif len(kept) == 1 and kept[0].get("ci_low") is not None and kept[0].get("ci_high") is not None:
+        agg.ci, agg.ci_over = (kept[0]["ci_low"], kept[0]["ci_high"]), "items"  # stored at evaluation
+    elif len(kept) == 1 and per_item is not None:  # stores written before intervals were stored
         items = per_item.get((kept[0].get("cell_key", ""), kept[0]["task"], kept[0]["metric"]))
         if items is not None and (ci := bootstrap_ci(items)) is not None:
             agg.ci, agg.ci_over = ci, "items"
