@@ -19,7 +19,13 @@ FID is biased upward at small sample counts (and the 2048-d covariance is rank d
 ``n_fake`` and a warning below 2048.
 
 3D volumes ("2.5D FID"): the three orthogonal centre slices of each volume are passed through
-the 2D network and pooled into one feature set per side (3 features per volume).
+the 2D network, one feature set per plane (:data:`.inception.PLANES`: ``axial`` = the slice
+along D, ``x[:, :, D // 2]``; ``coronal`` along H; ``sagittal`` along W; the names assume the
+dataset's (D, H, W) orientation with D inferior-superior). Each plane's FID is exactly the 2D
+FID of those slices and is reported as a component (rows ``fid.axial``, ``fid.coronal``,
+``fid.sagittal``); the value is their mean. Per-plane sets keep each distance between
+like images (pooling the planes would mix three different image distributions into one
+Gaussian).
 
 Without weights the metric is *unavailable*: ``compute()`` returns ``value = nan`` and
 ``settings["status"] = "unavailable"`` with the searched paths in ``settings["reason"]``.
@@ -95,14 +101,16 @@ class GaussianStats:
 class FID(InceptionMetricBase):
     """Fréchet Inception Distance between predictions (generated) and targets (real).
 
-    Options: ``data_range``, ``dims`` (2, or 3 for 2.5D slices), ``weights`` (path to
+    Options: ``data_range``, ``dims`` (2, or 3 for 2.5D per-plane FID), ``weights`` (path to
     ``pt_inception-2015-12-05-6726825d.pth``; default: ``$BENCH_FID_WEIGHTS``, then the torch hub
     cache; ``"random:SEED"`` for tests only), ``feature_dims`` (2048 pool3 as standard; 64, 192
-    or 768 for pytorch-fid's earlier blocks, like its ``--dims``), ``out_of_range``.
+    or 768 for pytorch-fid's earlier blocks, like its ``--dims``), ``out_of_range``,
+    ``feature_cache`` (True: real images' features are kept in the on-disk cache, see
+    :mod:`.inception`).
     """
 
     name = "fid"
-    version = "1.0"
+    version = "1.1"  # 1.1: dims=3 is the mean of per-plane FIDs (1.0 pooled the planes)
     api_version = API_VERSION
     higher_is_better = False
     kind = "distribution"
@@ -115,34 +123,46 @@ class FID(InceptionMetricBase):
         weights: str | None = None,
         feature_dims: int = 2048,
         out_of_range: str = "error",
+        feature_cache: bool = True,
     ) -> None:
-        super().__init__(data_range, dims, weights, feature_dims, out_of_range)
-        self._real = GaussianStats(feature_dims)
-        self._fake = GaussianStats(feature_dims)
-        self._clipped = 0
+        super().__init__(data_range, dims, weights, feature_dims, out_of_range, feature_cache)
+        n_sets = len(self.planes) or 1
+        self._real = [GaussianStats(feature_dims) for _ in range(n_sets)]
+        self._fake = [GaussianStats(feature_dims) for _ in range(n_sets)]
+        self._clipped = [0] * n_sets
 
-    def _add(self, real: np.ndarray, fake: np.ndarray) -> None:
-        self._real.add(real)
-        self._fake.add(fake)
+    def _add(self, real: list[np.ndarray], fake: list[np.ndarray]) -> None:
+        for stats, feats in zip(self._real + self._fake, real + fake, strict=True):
+            stats.add(feats)
 
     def compute(self) -> MetricValue:
         """FID of everything seen since reset (``nan`` with a reason when unavailable)."""
         if not self.source.available:
             return self._unavailable()
-        if min(self._real.n, self._fake.n) < 2:
-            raise BenchError(
-                f"fid: needs at least 2 real and 2 generated feature vectors, got {self._real.n} and {self._fake.n}"
-            )
-        mu_r, sigma_r = self._real.mean_cov()
-        mu_f, sigma_f = self._fake.mean_cov()
-        value, self._clipped = frechet_distance(mu_f, sigma_f, mu_r, sigma_r)
-        return MetricValue(value=value, std=None, n=self.n_fake, settings=self.settings())
+        n_real, n_fake = self._real[0].n, self._fake[0].n
+        if min(n_real, n_fake) < 2:
+            raise BenchError(f"fid: needs at least 2 real and 2 generated images, got {n_real} and {n_fake}")
+        values = []
+        for i, (real, fake) in enumerate(zip(self._real, self._fake, strict=True)):
+            mu_r, sigma_r = real.mean_cov()
+            mu_f, sigma_f = fake.mean_cov()
+            value, self._clipped[i] = frechet_distance(mu_f, sigma_f, mu_r, sigma_r)
+            values.append(value)
+        settings = self.settings()
+        if not self.planes:
+            return MetricValue(value=values[0], std=None, n=self.n_fake, settings=settings)
+        components = {
+            plane: self._component({**settings, "negative_eigenvalues_clipped": clipped}, plane, value, None)
+            for plane, value, clipped in zip(self.planes, values, self._clipped, strict=True)
+        }
+        return MetricValue(value=float(np.mean(values)), std=None, n=self.n_fake, settings=settings,
+                           components=components)  # fmt: skip
 
     def reset(self) -> None:
         """Forget accumulated statistics and counts."""
-        self._real.reset()
-        self._fake.reset()
-        self._clipped = 0
+        for stats in self._real + self._fake:
+            stats.reset()
+        self._clipped = [0] * len(self._clipped)
         self._reset_counts()
 
     def settings(self) -> dict[str, Any]:
@@ -151,7 +171,7 @@ class FID(InceptionMetricBase):
             **self._common_settings(),
             "statistics": "float64 running sums of shifted features; unbiased covariance (n - 1), as numpy.cov",
             "distance": "Frechet distance via symmetric eigendecompositions (equals pytorch-fid's sqrtm form)",
-            "negative_eigenvalues_clipped": self._clipped,
+            "negative_eigenvalues_clipped": sum(self._clipped),  # over the planes in 3D
         }
         n = min(self.n_real, self.n_fake)
         if n < RECOMMENDED_N:

@@ -22,12 +22,28 @@ still accept updates and report ``NaN`` with ``status = "unavailable"`` and the 
 ``weights="random:SEED"`` builds the same network with seeded random weights. It exists for
 tests only (the numbers mean nothing) and is labelled as such in the settings.
 
-Features are cached in memory by image content (a BLAKE2 digest of each preprocessed image)
-and extractor identity, so FID and KID configured together, or several models evaluated
-against the same test images in one process, run the network once per distinct image. A
-cached feature was computed in whatever batch first saw the image; CPU/GPU kernels can differ
-in the last float32 bit between batch compositions, which moves FID far below its sampling
-noise.
+Feature cache, two layers, both keyed by content, never by a name (dataset label, file name):
+
+- *in memory*: a BLAKE2 digest of each network input (the ``[0, 1]`` float32 3-channel image
+  before resizing) and the extractor identity, so FID and KID configured together, or several
+  models evaluated against the same test images in one process, run the network once per
+  distinct image;
+- *on disk*, for the real (target) images only: the features of an unchanged test set are
+  computed once across runs and processes. A SQLite file (WAL mode, busy timeout, so
+  concurrent processes can share it) under ``bench_core.api.cache_dir() / "inception-features"``
+  (``$BENCH_CACHE_DIR``) holds one float32 row per (extractor, image digest); the extractor key
+  is the weights identity (full SHA-256 of the file, or ``random:SEED``), the block
+  (``feature_dims``) and :data:`PREPROCESSING`. Each row carries a checksum of its key and bytes.
+  Generated images are not written (they change with every model and would only grow the file).
+  A file that cannot be opened, read or written, or rows failing their checksum, give a
+  ``warnings.warn`` naming the file and the features are computed instead; the file may be
+  deleted at any time. Turned off by the metrics' option ``feature_cache=False`` or by
+  ``BENCH_FEATURE_CACHE=0``. Nothing about the cache enters the settings: it never changes
+  which features are used, only whether they are recomputed.
+
+A cached feature was computed in whatever batch (and on whatever device) first saw the image;
+kernels can differ in the last float32 bits between batch compositions and devices (more with
+TF32 convolutions on CUDA), which moves FID far below its sampling noise.
 """
 
 from __future__ import annotations
@@ -37,6 +53,9 @@ import hashlib
 import os
 import pickle
 import re
+import sqlite3
+import threading
+import warnings
 from abc import ABC, abstractmethod
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -48,7 +67,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bench_core.api import BenchError, MetricValue
+from bench_core.api import BenchError, MetricValue, cache_dir
 
 from ._reduce import OUT_OF_RANGE_POLICIES, RANGE_TOLERANCE, check_options, check_range
 
@@ -66,6 +85,22 @@ _CHUNK = 32
 # Feature cache budget in bytes (float32 features: 8 KiB per image at 2048 dims, so ~32k images).
 _CACHE_BYTES = 256 * 1024 * 1024
 _RANDOM = re.compile(r"random:(\d+)")
+
+PREPROCESSING = "v1: [0,1] float32, gray replicated to 3 channels, resize 299x299 bilinear align_corners=False, 2x-1"
+"""Part of every on-disk cache key: change it whenever the network input or the network
+construction changes (including the ``random:SEED`` init), so old rows are never reused."""
+FEATURE_CACHE_ENV = "BENCH_FEATURE_CACHE"
+DISK_CACHE_FILE = "features-v1.sqlite"
+_BUSY_TIMEOUT_S = 60.0  # concurrent writers wait this long for the lock before giving up (warning, no crash)
+_SQL_CHUNK = 900  # digests per SELECT: below SQLite's oldest bound-parameter limit (999)
+
+# Planes of a (D, H, W) volume, named by the axis the centre slice cuts (see to_inception_batches).
+PLANES = ("axial", "coronal", "sagittal")
+PLANE_SLICES = {
+    "axial": "centre slice along D, x[:, :, D // 2] (an (H, W) image)",
+    "coronal": "centre slice along H, x[:, :, :, H // 2] (a (D, W) image)",
+    "sagittal": "centre slice along W, x[:, :, :, :, W // 2] (a (D, H) image)",
+}
 
 
 @dataclass(frozen=True)
@@ -265,9 +300,166 @@ def _digest(image: torch.Tensor) -> bytes:
     return digest.digest()
 
 
+@dataclass
+class CacheCounters:
+    """Where the features of :func:`features` came from since the last :func:`clear_cache`.
+
+    ``memory`` counts images (positions), ``disk`` and ``computed`` distinct images.
+    """
+
+    memory: int = 0
+    disk: int = 0
+    computed: int = 0
+
+
+COUNTERS = CacheCounters()
+
+
+def disk_cache_enabled() -> bool:
+    """False when ``$BENCH_FEATURE_CACHE`` turns the on-disk cache off (``0``, ``false``, ``no``, ``off``)."""
+    return os.environ.get(FEATURE_CACHE_ENV, "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+def disk_cache_path() -> Path:
+    """The SQLite file of the on-disk feature cache (follows ``$BENCH_CACHE_DIR`` at each call)."""
+    return cache_dir() / "inception-features" / DISK_CACHE_FILE
+
+
+def _checksum(extractor: str, digest: bytes, data: bytes) -> bytes:
+    check = hashlib.blake2b(extractor.encode(), digest_size=8)
+    check.update(digest)
+    check.update(data)
+    return check.digest()
+
+
+class FeatureDiskCache:
+    """One SQLite file of float32 feature rows keyed by (extractor, image digest).
+
+    A failure to open or read (unreadable or corrupt file) warns once with the path and turns
+    this cache off for the rest of the process; a failure to write (read-only folder, full
+    disk, lock held beyond the busy timeout) warns once and stops the writes only. Callers then
+    compute the features, so a broken cache costs time, never a crash or a wrong value.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.failed = False
+        self.writes_failed = False
+        self._conn: sqlite3.Connection | None = None
+        self._pid = -1
+        self._lock = threading.Lock()
+        self._warned_checksum = False
+
+    def _connect(self) -> sqlite3.Connection:
+        if self._conn is not None and self._pid == os.getpid():
+            return self._conn
+        # A connection inherited through fork must not be used (or closed) by the child; it is dropped.
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(self.path, timeout=_BUSY_TIMEOUT_S, check_same_thread=False)
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")  # readers never block the writer; ignored where unsupported
+            conn.execute(
+                "CREATE TABLE IF NOT EXISTS features (extractor TEXT NOT NULL, digest BLOB NOT NULL, "
+                "data BLOB NOT NULL, checksum BLOB NOT NULL, PRIMARY KEY (extractor, digest)) WITHOUT ROWID"
+            )
+            conn.commit()
+        except BaseException:
+            conn.close()
+            raise
+        self._conn, self._pid = conn, os.getpid()
+        return conn
+
+    def _fail(self, err: Exception, writing: bool = False) -> None:
+        if writing:
+            self.writes_failed = True
+            what = "cannot be written; features computed now are not kept"
+        else:
+            self.failed = True
+            what = "cannot be read; computing features instead"
+        warnings.warn(
+            f"Inception feature cache {self.path} {what} ({type(err).__name__}: {err}). Delete the file to rebuild "
+            f"it, or set {FEATURE_CACHE_ENV}=0 to turn the cache off",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+
+    def get(self, extractor: str, digests: list[bytes], feature_dims: int) -> dict[bytes, np.ndarray]:
+        """The stored, checksum-verified rows among ``digests`` (one query per 900 digests)."""
+        if self.failed or not digests:
+            return {}
+        found: dict[bytes, np.ndarray] = {}
+        bad = 0
+        try:
+            with self._lock:
+                conn = self._connect()
+                for start in range(0, len(digests), _SQL_CHUNK):
+                    chunk = digests[start : start + _SQL_CHUNK]
+                    rows = conn.execute(
+                        "SELECT digest, data, checksum FROM features WHERE extractor = ? AND digest IN "
+                        f"({', '.join('?' * len(chunk))})",
+                        [extractor, *chunk],
+                    ).fetchall()
+                    for digest, data, checksum in rows:
+                        digest, data = bytes(digest), bytes(data)
+                        if len(data) != 4 * feature_dims or _checksum(extractor, digest, data) != bytes(checksum):
+                            bad += 1
+                            continue
+                        found[digest] = np.frombuffer(data, dtype="<f4").astype(np.float32)
+        except (sqlite3.Error, OSError) as err:
+            self._fail(err)
+            return {}
+        if bad and not self._warned_checksum:
+            self._warned_checksum = True
+            warnings.warn(
+                f"Inception feature cache {self.path}: {bad} stored feature rows fail their checksum; they are "
+                "recomputed and overwritten",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+        return found
+
+    def put(self, extractor: str, rows: list[tuple[bytes, np.ndarray]]) -> None:
+        """Store ``(digest, feature)`` rows in one transaction (replacing rows that failed their checksum)."""
+        if self.failed or self.writes_failed or not rows:
+            return
+        records = []
+        for digest, row in rows:
+            data = np.ascontiguousarray(row, dtype="<f4").tobytes()
+            records.append((extractor, digest, data, _checksum(extractor, digest, data)))
+        try:
+            with self._lock:
+                conn = self._connect()
+                with conn:  # one transaction: commit, or roll back on error
+                    conn.executemany("INSERT OR REPLACE INTO features VALUES (?, ?, ?, ?)", records)
+        except (sqlite3.Error, OSError) as err:
+            self._fail(err, writing=True)
+
+    def close(self) -> None:
+        """Close this process's connection (a later call reopens it)."""
+        with self._lock:
+            if self._conn is not None and self._pid == os.getpid():
+                self._conn.close()
+            self._conn = None
+
+
+_DISK_CACHES: dict[Path, FeatureDiskCache] = {}
+
+
+def disk_cache() -> FeatureDiskCache:
+    """The on-disk cache at :func:`disk_cache_path`, one object per path and process."""
+    path = disk_cache_path()
+    if path not in _DISK_CACHES:
+        _DISK_CACHES[path] = FeatureDiskCache(path)
+    return _DISK_CACHES[path]
+
+
 @torch.no_grad()
-def features(images: torch.Tensor, source: WeightsSource, feature_dims: int) -> np.ndarray:
-    """Features ``(N, feature_dims)`` float32 of ``(N, 3, H, W)`` images in ``[0, 1]``, via the cache."""
+def features(images: torch.Tensor, source: WeightsSource, feature_dims: int, disk: bool = False) -> np.ndarray:
+    """Features ``(N, feature_dims)`` float32 of ``(N, 3, H, W)`` images in ``[0, 1]``, via the caches.
+
+    ``disk=True`` also looks the images up in, and writes computed features to, the on-disk
+    cache (unless ``$BENCH_FEATURE_CACHE`` turns it off); the in-memory cache is always used.
+    """
     global _FEATURE_BYTES
     prefix = source_key(source, feature_dims)
     keys = [(prefix, _digest(img)) for img in images]
@@ -275,15 +467,27 @@ def features(images: torch.Tensor, source: WeightsSource, feature_dims: int) -> 
     for i, k in enumerate(keys):
         if k not in _FEATURES:
             first.setdefault(k, i)
-    todo = list(first)
+    COUNTERS.memory += sum(1 for k in keys if k not in first)
+    new: dict[tuple[str, bytes], np.ndarray] = {}
+    store = disk_cache() if disk and first and disk_cache_enabled() else None
+    extractor = f"{prefix}|{PREPROCESSING}"
+    if store is not None:
+        stored = store.get(extractor, [k[1] for k in first], feature_dims)
+        new.update(((prefix, d), row) for d, row in stored.items())
+        COUNTERS.disk += len(stored)
+    todo = [k for k in first if k not in new]
     if todo:
         net = network(source, feature_dims, images.device)
-        index = torch.tensor(list(first.values()), device=images.device)
+        index = torch.tensor([first[k] for k in todo], device=images.device)
         batch = images.index_select(0, index).float()
         out = torch.cat([net(batch[i : i + _CHUNK]) for i in range(0, len(batch), _CHUNK)]).cpu().numpy()
-        for k, row in zip(todo, out, strict=True):
-            _FEATURES[k] = row
-            _FEATURE_BYTES += row.nbytes
+        new.update(zip(todo, out, strict=True))
+        COUNTERS.computed += len(todo)
+        if store is not None:
+            store.put(extractor, [(k[1], new[k]) for k in todo])
+    for k, row in new.items():
+        _FEATURES[k] = row
+        _FEATURE_BYTES += row.nbytes
     result = np.stack([_FEATURES[k] for k in keys])
     for k in keys:
         _FEATURES.move_to_end(k)
@@ -294,18 +498,26 @@ def features(images: torch.Tensor, source: WeightsSource, feature_dims: int) -> 
 
 
 def clear_cache() -> None:
-    """Forget cached features (tests use this to time or count network calls)."""
+    """Forget in-memory features, reset :data:`COUNTERS` and close on-disk cache connections (files stay)."""
     global _FEATURE_BYTES
     _FEATURES.clear()
     _FEATURE_BYTES = 0
+    COUNTERS.memory = COUNTERS.disk = COUNTERS.computed = 0
+    for store in _DISK_CACHES.values():
+        store.close()
+    _DISK_CACHES.clear()
 
 
 def to_inception_batches(x: torch.Tensor, dims: int, data_range: float) -> list[torch.Tensor]:
     """``(N, C, *spatial)`` items in ``[0, data_range]`` -> 3-channel 2D batches in ``[0, 1]``.
 
-    2D: one batch. 3D: three batches, the orthogonal centre slices of every volume (planes
-    D/2, H/2, W/2), so each volume contributes three feature vectors ("2.5D"). Channels must
-    be 1 (repeated to 3) or 3.
+    2D: one batch. 3D: three batches, one per plane of :data:`PLANES`, each the centre slices
+    of every volume: axial ``x[:, :, D // 2]``, coronal ``x[:, :, :, H // 2]``, sagittal
+    ``x[:, :, :, :, W // 2]``. The names assume the dataset's (D, H, W) orientation: D the
+    inferior-superior (slice) axis, H anterior-posterior, W left-right, as in a stack of axial
+    slices. Volumes in NIfTI voxel order (X, Y, Z), e.g. RAS, have D = left-right: there the
+    ``axial`` plane is anatomically sagittal and ``sagittal`` axial. Channels must be 1
+    (repeated to 3) or 3.
     """
     channels = x.shape[1]
     if channels not in (1, 3):
@@ -322,7 +534,9 @@ def to_inception_batches(x: torch.Tensor, dims: int, data_range: float) -> list[
 class InceptionMetricBase(ABC):
     """Input handling shared by FID and KID: checks, weights lookup, feature extraction, counts.
 
-    Subclasses set ``name`` and implement ``_add(real, fake)`` (feature arrays of one update).
+    Subclasses set ``name`` and implement ``_add(real, fake)``: the feature arrays of one
+    update, one per feature set (one set in 2D; in 3D one per plane of :data:`PLANES`, in that
+    order). ``feature_cache=False`` keeps features off the on-disk cache (module docstring).
     """
 
     name = "inception-metric"
@@ -334,8 +548,11 @@ class InceptionMetricBase(ABC):
         weights: str | None = None,
         feature_dims: int = 2048,
         out_of_range: str = "error",
+        feature_cache: bool = True,
     ) -> None:
         check_options(self.name, data_range, dims, frozenset({2, 3}))
+        if not isinstance(feature_cache, bool):
+            raise BenchError(f"{self.name}: feature_cache must be true or false, got {feature_cache!r}")
         if out_of_range not in OUT_OF_RANGE_POLICIES:
             raise BenchError(f"{self.name}: out_of_range must be one of {OUT_OF_RANGE_POLICIES}, got {out_of_range!r}")
         if feature_dims not in BLOCK_INDEX_BY_DIM:
@@ -347,6 +564,8 @@ class InceptionMetricBase(ABC):
         self.spatial_dims = dims
         self.feature_dims = feature_dims
         self.out_of_range = out_of_range
+        self.feature_cache = feature_cache
+        self.planes: tuple[str, ...] = PLANES if dims == 3 else ()
         self.source = resolve_weights(weights)
         if self.source.available:
             error = load_error(self.source, feature_dims)
@@ -370,12 +589,9 @@ class InceptionMetricBase(ABC):
         self._channels.add(int(x.shape[1]))
         return x
 
-    def _features(self, x: torch.Tensor) -> np.ndarray:
+    def _features(self, x: torch.Tensor, disk: bool) -> list[np.ndarray]:
         batches = to_inception_batches(x, self.spatial_dims, self.data_range)
-        planes = np.stack([features(b, self.source, self.feature_dims) for b in batches], axis=1)
-        # Item-major order (item 0's planes, then item 1's, ...): rows then arrive in the same
-        # order however the stream is batched, which KID's subsets and FID's shift rely on.
-        return planes.reshape(-1, planes.shape[-1])
+        return [features(b, self.source, self.feature_dims, disk=disk) for b in batches]
 
     def update(self, pred: torch.Tensor, target: torch.Tensor) -> None:
         """Add generated (``pred``) and real (``target``) items; their counts may differ."""
@@ -384,11 +600,12 @@ class InceptionMetricBase(ABC):
         self.n_fake += pred.shape[0]
         self.n_real += target.shape[0]
         if self.source.available:
-            self._add(self._features(target), self._features(pred))
+            # Only the real images go to the disk cache: they recur across runs, generated ones rarely do.
+            self._add(self._features(target, disk=self.feature_cache), self._features(pred, disk=False))
 
     @abstractmethod
-    def _add(self, real: np.ndarray, fake: np.ndarray) -> None:
-        """Accumulate the features of one update's real and generated items."""
+    def _add(self, real: list[np.ndarray], fake: list[np.ndarray]) -> None:
+        """Accumulate the features of one update's real and generated items (one array per feature set)."""
 
     def _reset_counts(self) -> None:
         self.n_real = 0
@@ -419,10 +636,17 @@ class InceptionMetricBase(ABC):
             "clamped_values": self._clamped,
         }
         if self.spatial_dims == 3:
-            settings["slices"] = (
-                "2.5D: the three orthogonal centre slices of each volume (D/2, H/2, W/2), "
-                "pooled into one feature set (3 feature vectors per volume)"
+            settings["planes"] = (
+                "2.5D: value = mean of the per-plane values (components), one feature set per plane of "
+                "centre slices: " + "; ".join(f"{p} = {PLANE_SLICES[p]}" for p in PLANES) + ". Plane names "
+                "assume the dataset's (D, H, W) orientation with D the inferior-superior axis"
             )
         if self.source.kind == "unavailable":
             settings["reason"] = self.source.reason
         return settings
+
+    def _component(self, settings: dict[str, Any], plane: str, value: float, std: float | None) -> MetricValue:
+        """One plane's value as a :attr:`MetricValue.components` entry (row ``<metric>.<plane>``)."""
+        part = {k: v for k, v in settings.items() if k != "planes"}
+        part["plane"] = f"{plane}: {PLANE_SLICES[plane]}; assumes the dataset's (D, H, W) orientation"
+        return MetricValue(value=value, std=std, n=self.n_fake, settings=part)

@@ -97,21 +97,47 @@ def test_end_to_end_equals_direct_features_and_streaming():
     assert a.value == pytest.approx(expected, rel=1e-6)
     assert b.value == pytest.approx(a.value, rel=1e-6)  # rank-deficient (n < dims): rounding is amplified
     assert (a.n, a.settings["n_real"], a.settings["n_fake"], a.settings["status"]) == (9, 10, 9, "ok")
+    assert a.components == {} and "planes" not in a.settings
     assert "biased upward" in a.settings["warning"]
     same = FID(weights=RANDOM, feature_dims=64)
     same.update(real, real)
     assert abs(same.compute().value) < 1e-3 * a.value
 
 
-def test_volumes_use_three_centre_slices():
-    vol = torch.rand(2, 1, 6, 8, 10)
-    planes = inception.to_inception_batches(vol, 3, 1.0)
-    assert [tuple(p.shape) for p in planes] == [(2, 3, 8, 10), (2, 3, 6, 10), (2, 3, 6, 8)]
-    torch.testing.assert_close(planes[1][:, 0], vol[:, 0, :, 4])
+CENTRE_SLICES = {  # the documented plane of each component, written out independently of the plugin
+    "axial": lambda v: v[:, :, v.shape[2] // 2],
+    "coronal": lambda v: v[:, :, :, v.shape[3] // 2],
+    "sagittal": lambda v: v[:, :, :, :, v.shape[4] // 2],
+}
+
+
+def test_volumes_give_one_fid_per_plane_and_their_mean():
+    g = torch.Generator().manual_seed(4)
+    real, fake = torch.rand(7, 1, 6, 8, 10, generator=g), 0.8 * torch.rand(6, 1, 6, 8, 10, generator=g)
+    assert [tuple(p.shape) for p in inception.to_inception_batches(real, 3, 1.0)] == [
+        (7, 3, 8, 10), (7, 3, 6, 10), (7, 3, 6, 8)
+    ]  # fmt: skip
     metric = FID(dims=3, weights=RANDOM, feature_dims=64)
-    metric.update(vol, torch.rand(3, 1, 6, 8, 10))
-    assert "centre slices" in metric.settings()["slices"]
-    assert metric._real.n == 9 and metric._fake.n == 6
+    metric.update(fake, real)
+    result = metric.compute()
+    assert list(result.components) == ["axial", "coronal", "sagittal"]
+    source = inception.resolve_weights(RANDOM)
+    for plane, cut in CENTRE_SLICES.items():
+        # Features of the independently cut slices (content-keyed: a wrongly sliced plane would miss the cache).
+        fr = inception.features(cut(real).expand(-1, 3, -1, -1), source, 64).astype(np.float64)
+        ff = inception.features(cut(fake).expand(-1, 3, -1, -1), source, 64).astype(np.float64)
+        expected = calculate_frechet_distance(ff.mean(0), np.cov(ff, rowvar=False), fr.mean(0),
+                                              np.cov(fr, rowvar=False))  # fmt: skip
+        part = result.components[plane]
+        assert part.value == pytest.approx(expected, rel=1e-5), plane
+        two_d = FID(weights=RANDOM, feature_dims=64)
+        two_d.update(cut(fake), cut(real))
+        assert part.value == two_d.compute().value, plane  # same features, same order: exactly the 2D FID
+        assert part.n == 6 and part.std is None and part.settings["plane"].startswith(f"{plane}: centre slice")
+        assert part.settings["dims"] == 3 and part.components == {}
+    assert result.value == pytest.approx(np.mean([c.value for c in result.components.values()]), rel=1e-12)
+    assert "mean of the per-plane values" in result.settings["planes"] and result.n == 6
+    assert metric._real[0].n == 7 and metric._fake[2].n == 6
 
 
 def test_unavailable_reports_reason_and_searched_paths(monkeypatch, tmp_path):

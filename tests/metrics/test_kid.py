@@ -55,6 +55,7 @@ def test_whole_set_matches_direct_formula():
     assert result.value == pytest.approx(expected, rel=1e-9, abs=1e-12)
     assert result.std == pytest.approx(0.0, abs=1e-12)
     assert result.settings["subset_size_used"] == 8 and "high variance" in result.settings["warning"]
+    assert result.components == {}
 
 
 @pytest.mark.parametrize("gram_bytes", [kid._GRAM_BYTES, 0])
@@ -85,7 +86,40 @@ def test_max_samples_bounds_memory_and_is_batching_invariant():
         split.update(f, r)
     a, b = one.compute(), split.compute()
     assert a.value == b.value and a.settings["features_kept"] == [4, 4]
-    assert len(one._real.rows()) == 4
+    assert len(one._real[0].rows()) == 4
+
+
+def test_volumes_give_one_kid_per_plane_and_the_std_of_the_plane_mean():
+    g = torch.Generator().manual_seed(8)
+    real, fake = torch.rand(6, 1, 6, 8, 10, generator=g), 0.7 * torch.rand(5, 1, 6, 8, 10, generator=g)
+    options = {"weights": RANDOM, "feature_dims": 64, "subset_size": 3, "n_subsets": 4, "seed": 2}
+    metric = KID(dims=3, **options)
+    metric.update(fake[:2], real[:3])
+    metric.update(fake[2:], real[3:])
+    result = metric.compute()
+    cuts = {  # the documented planes, written out independently of the plugin
+        "axial": lambda v: v[:, :, 3], "coronal": lambda v: v[:, :, :, 4], "sagittal": lambda v: v[:, :, :, :, 5],
+    }  # fmt: skip
+    assert list(result.components) == list(cuts)
+    rng = np.random.default_rng(2)
+    subsets = [(rng.choice(6, 3, replace=False), rng.choice(5, 3, replace=False)) for _ in range(4)]
+    per_plane = []
+    for plane, cut in cuts.items():
+        fr, ff = feats(cut(real)), feats(cut(fake))
+        values = [direct_mmd2(fr[r], ff[f]) for r, f in subsets]
+        per_plane.append(values)
+        part = result.components[plane]
+        assert part.value == pytest.approx(np.mean(values), rel=1e-9, abs=1e-12), plane
+        assert part.std == pytest.approx(np.std(values), rel=1e-6, abs=1e-12), plane
+        two_d = KID(**options)
+        two_d.update(cut(fake), cut(real))
+        assert part.value == pytest.approx(two_d.compute().value, rel=1e-12, abs=1e-15), plane
+        assert part.settings["plane"].startswith(plane) and "this plane" in part.settings["std"]
+    plane_mean = np.mean(per_plane, axis=0)
+    assert result.value == pytest.approx(np.mean([c.value for c in result.components.values()]), rel=1e-9)
+    assert result.value == pytest.approx(plane_mean.mean(), rel=1e-9, abs=1e-12)
+    assert result.std == pytest.approx(plane_mean.std(), rel=1e-6, abs=1e-12)
+    assert "plane-mean" in result.settings["std"] and result.n == 5
 
 
 def test_unavailable_without_weights(monkeypatch, tmp_path):
