@@ -1,8 +1,10 @@
 """Data-parallel training across processes with torch.distributed (torchrun).
 
 ``bench run --nproc N`` re-launches itself under ``torch.distributed.run``; every rank
-runs the same cells. Rank 0 alone claims cells, writes checkpoints, images and result
-rows, and evaluates; the other ranks follow its decisions (broadcast) and wait.
+runs the same cells. Rank 0 alone claims cells and writes checkpoints, images and result
+rows; the other ranks follow its decisions (broadcast). Evaluation is sharded: each rank
+runs the model on its share of the test split and rank 0 gathers the outputs and feeds
+the metrics, so metrics are reduced over every rank's items exactly as in one process.
 
 Gradients are averaged with bucketed all-reduces after ``backward`` instead of wrapping
 the model in ``DistributedDataParallel``: a stage's loss is an arbitrary closure over the
@@ -69,6 +71,15 @@ def broadcast_object(obj: Any) -> Any:
     box = [obj]
     dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+def gather_to_main(obj: Any) -> list[Any] | None:
+    """Every rank's ``obj``, in rank order, on rank 0; ``None`` on the other ranks."""
+    if world_size() == 1:
+        return [obj]
+    box: list[Any] | None = [None] * world_size() if is_main() else None
+    dist.gather_object(obj, box, dst=0)
+    return box
 
 
 def barrier() -> None:

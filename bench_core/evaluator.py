@@ -20,6 +20,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
+from bench_core import distributed as ddp
 from bench_core.api import RECONSTRUCT, SAMPLE, TRANSLATE, BenchError, DataSpec
 from bench_core.report.stats import bootstrap_ci
 from bench_core.timing import ThroughputMeter
@@ -115,28 +116,38 @@ def evaluate(
             f"the model's reconstruct/translate take no temperature: t={settings.model_temperature:g} "
             "applies to sampling only"
         )
-    loader = _loader(test, settings)
+    n_items = len(test) if settings.max_items is None else min(len(test), settings.max_items)  # type: ignore[arg-type]
+    if n_items == 0:
+        raise BenchError("the test split is empty: nothing to evaluate")
     sampler_gen = torch.Generator(device="cpu").manual_seed(settings.seed)
-    seen = 0
+    main = ddp.is_main()
     with torch.no_grad():
-        for batch in loader:
-            if settings.max_items is not None and seen >= settings.max_items:
-                break
-            if settings.max_items is not None:
-                keep = settings.max_items - seen
-                batch = {k: v[:keep] for k, v in batch.items()}
+        for local in _shard_batches(test, n_items, settings):
+            # Each rank runs reconstructions and translations on its shard; rank 0 gathers them.
+            outputs: dict[str, torch.Tensor] = {}
+            if local is not None:
+                local = to_device(local, settings.device)
+                for task in tasks:
+                    if task.kind != SAMPLE:
+                        meter = state[task.name].meter
+                        with meter.measure(len(local["id"])), autocast(settings.device, settings.precision):
+                            outputs[task.name] = _run_task(model, task, local, 0, settings, sampler_gen)
+            batch, preds = _gather(local, outputs, settings.device)
+            if not main or batch is None:
+                continue
             ids = list(batch["id"])
-            seen += len(ids)
-            batch = to_device(batch, settings.device)
             for task in tasks:
                 st = state[task.name]
-                # Samples are drawn against test images one for one, at most n_samples in all.
-                n = len(ids) if task.kind != SAMPLE else min(len(ids), settings.n_samples - st.items)
-                if n <= 0:
-                    continue
+                if task.kind == SAMPLE:
+                    # Samples are drawn against test images one for one, at most n_samples in all.
+                    n = min(len(ids), settings.n_samples - st.items)
+                    if n <= 0:
+                        continue
+                    with st.meter.measure(n), autocast(settings.device, settings.precision):
+                        pred = _run_task(model, task, batch, n, settings, sampler_gen)
+                else:
+                    n, pred = len(ids), preds[task.name]
                 st.items += n
-                with st.meter.measure(n), autocast(settings.device, settings.precision):
-                    pred = _run_task(model, task, batch, n, settings, sampler_gen)
                 pred = pred.float()
                 if not torch.isfinite(pred).all():
                     raise BenchError(f"task {task.name}: the model produced NaN or Inf values")
@@ -166,8 +177,8 @@ def evaluate(
                 for modality in spec.modalities:
                     folder = f"gt{modality}" if spec.paired else "gt"
                     _save_images(out_dir / folder, ids, _unit(batch[modality].float(), lo, hi))
-    if seen == 0:
-        raise BenchError("the test split is empty: nothing to evaluate")
+    if not main:
+        return outcome
     for task in tasks:
         st = state[task.name]
         clamp_note = {"pred_clamped": st.clamped, "pred_values": st.values_total}
@@ -261,6 +272,40 @@ def validation_score(
     if not np.isfinite(value):
         raise BenchError(f"validation: {task.name} {metric.name} is {value} (the model produced non-finite output?)")
     return value
+
+
+def _shard_batches(data: Dataset, n_items: int, settings: EvalSettings):
+    """This rank's batches of the first ``n_items`` items (every rank yields as many; ``None`` pads).
+
+    One process reads items in order. Under torchrun rank r reads items r, r + W, r + 2W...,
+    so the ranks' batches together hold each item once.
+    """
+    world, rank = ddp.world_size(), ddp.rank()
+    mine = list(range(rank, n_items, world))
+    per_rank = -(-n_items // world)  # the largest shard
+    count = -(-per_rank // settings.batch_size)
+    subset = mine if world > 1 or n_items < len(data) else None  # type: ignore[arg-type]
+    loader = _loader(data if subset is None else torch.utils.data.Subset(data, subset), settings)
+    it = iter(loader)
+    for _ in range(count):
+        yield next(it, None)
+
+
+def _gather(local: dict[str, Any] | None, outputs: dict[str, torch.Tensor], device: torch.device):
+    """Rank 0's view of a step: the ranks' batches and outputs joined in rank order (``None`` elsewhere)."""
+    if ddp.world_size() == 1:
+        return local, outputs
+    cpu = None if local is None else ({k: v.cpu() if torch.is_tensor(v) else v for k, v in local.items()},
+                                      {k: v.cpu() for k, v in outputs.items()})  # fmt: skip
+    parts = [p for p in ddp.gather_to_main(cpu) or [] if p is not None]
+    if not parts:
+        return None, {}
+    batch = {}
+    for key, first in parts[0][0].items():
+        pieces = [b[key] for b, _ in parts]
+        batch[key] = torch.cat(pieces) if torch.is_tensor(first) else [x for piece in pieces for x in piece]
+    preds = {k: torch.cat([o[k] for _, o in parts]) for k in parts[0][1]}
+    return to_device(batch, device), to_device(preds, device)
 
 
 def takes_temperature(model: torch.nn.Module) -> bool:

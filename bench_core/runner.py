@@ -363,9 +363,10 @@ class Runner:
                 for stale in ckdir.glob(f"*-{TRAIN_STATE}"):
                     stale.unlink()
             details["weights"] = f"trained, saved as checkpoint {ckpt}"
+        # Every rank evaluates its shard of the test split; rank 0 gathers, computes and writes.
+        rows += self._evaluate_variants(model, dataset, spec, tasks, device, cell, ckdir, details)
         if not ddp.is_main():
             return [], details
-        rows += self._evaluate_variants(model, dataset, spec, tasks, device, cell, ckdir, details)
         for row in rows:
             row["provenance"] = {**row.get("provenance", {}), "model_version": model_cls.version,
                                  "model_dist": model_reg.source.distribution}  # fmt: skip
@@ -405,6 +406,7 @@ class Runner:
 
     def _evaluate_variants(self, model, dataset, spec, tasks, device, cell: Cell, ckdir: Path, details) -> list[dict]:
         """Evaluate every variant of the suite (weights x temperature); the first is the headline."""
+        from bench_core import distributed as ddp
         from bench_core.checkpoints import BEST_WEIGHTS, WEIGHTS, load_weights
         from bench_core.evaluator import EvalSettings, evaluate
 
@@ -413,14 +415,18 @@ class Runner:
         metrics = {m.plugin: (self.registry.get("metric", m.plugin).cls, m.options) for m in self.suite.metrics}
         rows: list[dict] = []
         notes: list[str] = []
+        main = ddp.is_main()
         for index, variant in enumerate(ev.variants):
             headline = index == 0
-            weights = ckdir / BEST_WEIGHTS if variant.checkpoint == "best" else cell.model.load or ckdir / WEIGHTS
-            if not Path(weights).exists():
+            weights = Path(ckdir / BEST_WEIGHTS if variant.checkpoint == "best" else cell.model.load or ckdir / WEIGHTS)
+            # Rank 0 reads the weights (written by rank 0) and sends them to the others.
+            if not ddp.broadcast_object(weights.exists() if main else None):
                 where = f"weights loaded from {cell.model.load}" if cell.model.load else "no best checkpoint saved"
                 notes.append(f"variant {variant.label} not evaluated: {where}")
                 continue
-            load_weights(model, Path(weights))
+            if main:
+                load_weights(model, weights)
+            ddp.broadcast_module(model)
             out_dir = cell_dir if headline else cell_dir / "variants" / variant.label
             outcome = evaluate(
                 model, dataset.split("test"), spec, tasks, metrics,
@@ -432,6 +438,8 @@ class Runner:
                 ),
                 out_dir,
             )  # fmt: skip
+            if not main:
+                continue
             suffix = "" if headline else f"@{variant.label}"
             for row in outcome.rows:
                 row["task"] += suffix
@@ -443,6 +451,8 @@ class Runner:
             if headline:
                 rows += self._model_metrics(model, dataset, ev.batch_size, cell)
                 details.update(cell_dir=str(cell_dir.relative_to(self.output_dir)), grids=outcome.grids)
+        if not main:
+            return []
         if not rows:
             raise BenchError("no evaluation variant could run: " + "; ".join(notes))
         details["notes"] = notes

@@ -47,3 +47,27 @@ def test_one_rank_crashing_stops_every_process(run_bench, write_suite, tmp_path)
     assert left == [], f"processes left behind: {left}"
     con = sqlite3.connect(tmp_path / "reports" / "crash" / "results.sqlite")
     assert con.execute("SELECT status FROM cells").fetchall() == [("running",)]  # retried on the next run
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="torchrun with gloo is exercised on Linux")
+def test_sharded_evaluation_equals_one_process(run_bench, write_suite, tmp_path):
+    import json
+
+    train = toy_suite(name="train", models=[{"plugin": "toy-ae", "budget": {"steps": 5}}])
+    assert run_bench("run", str(write_suite(train, "train.yaml")), "--no-report").returncode == 0
+    (weights,) = (tmp_path / "reports" / "train" / "checkpoints").glob("*/model.safetensors")
+    # 9 items on 2 ranks: shards of 5 and 4, batch 4: rank 0 runs 2 batches, rank 1 one (then pads).
+    evaluation = {"batch_size": 4, "max_items": 9, "grid_size": 2, "n_samples": 4}
+    model = [{"plugin": "toy-ae", "load": str(weights)}]
+    one = toy_suite(name="one", models=model, evaluation=evaluation)
+    two = toy_suite(name="two", models=model, evaluation=evaluation)
+    assert run_bench("run", str(write_suite(one, "one.yaml")), "--no-report").returncode == 0
+    done = run_bench("run", str(write_suite(two, "two.yaml")), "--nproc", "2", "--no-report", timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    a, b = metric_values(tmp_path / "reports" / "one"), metric_values(tmp_path / "reports" / "two")
+    compared = [k for k in a if k[0] == "recon" and k[1] != "images_per_s"]
+    assert compared
+    for key in compared:  # every item seen once, whichever rank ran it
+        assert b[key] == pytest.approx(a[key], rel=1e-6, abs=1e-9), key
+    per_file = json.loads((tmp_path / "reports" / "two" / "cells" / "toy-ae__toy__seed0" / "eval.json").read_text())
+    assert len(per_file["recon"]["toy-mae"]["per_file"]) == 9
