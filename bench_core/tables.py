@@ -24,7 +24,9 @@ from bench_core.report.stats import bootstrap_ci, overlaps
 
 _TASK_ORDER = {"recon": 0, "A2A": 1, "B2B": 2, "A2B": 3, "B2A": 4, "sample": 5, "train": 8, "model": 9}
 # Counters of clamped values describe the data, not the metric; they never split rankings.
-COUNTER_SETTINGS = frozenset({"pred_clamped", "pred_values", "clamped", "clamped_values"})
+COUNTER_SETTINGS = frozenset(
+    {"pred_clamped", "pred_values", "clamped", "clamped_values", "negative_eigenvalues_clipped"}
+)
 
 PerItem = Mapping[tuple[str, str, str], Sequence[float]]
 """Per-item metric values keyed by (cell_key, task, metric), as read from the cells' eval.json."""
