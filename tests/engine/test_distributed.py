@@ -53,15 +53,13 @@ def test_one_rank_crashing_stops_every_process(run_bench, write_suite, tmp_path)
 def test_sharded_evaluation_equals_one_process(run_bench, write_suite, tmp_path):
     import json
 
-    train = toy_suite(name="train", models=[{"plugin": "toy-ae", "budget": {"steps": 5}}])
-    assert run_bench("run", str(write_suite(train, "train.yaml")), "--no-report").returncode == 0
-    (weights,) = (tmp_path / "reports" / "train" / "checkpoints").glob("*/model.safetensors")
     # 9 items on 2 ranks: shards of 5 and 4, batch 4: rank 0 runs 2 batches, rank 1 one (then pads).
     evaluation = {"batch_size": 4, "max_items": 9, "grid_size": 2, "n_samples": 4}
-    model = [{"plugin": "toy-ae", "load": str(weights)}]
-    one = toy_suite(name="one", models=model, evaluation=evaluation)
-    two = toy_suite(name="two", models=model, evaluation=evaluation)
+    one = toy_suite(name="one", models=[{"plugin": "toy-ae", "budget": {"steps": 5}}], evaluation=evaluation)
     assert run_bench("run", str(write_suite(one, "one.yaml")), "--no-report").returncode == 0
+    (weights,) = (tmp_path / "reports" / "one" / "checkpoints").glob("*/model.safetensors")
+    # The same weights evaluated by 2 processes.
+    two = toy_suite(name="two", models=[{"plugin": "toy-ae", "load": str(weights)}], evaluation=evaluation)
     done = run_bench("run", str(write_suite(two, "two.yaml")), "--nproc", "2", "--no-report", timeout=600)
     assert done.returncode == 0, done.stdout + done.stderr
     a, b = metric_values(tmp_path / "reports" / "one"), metric_values(tmp_path / "reports" / "two")
