@@ -61,6 +61,17 @@ def list_split_files(root: Path, folder: str, patterns: Sequence[str], layout: s
     return files
 
 
+def list_volumes(plugin: str, root: Path, layout: str) -> list[Path]:
+    """The NIfTI volumes (``*.nii``, ``*.nii.gz``) of a flat folder, sorted; at least one per split."""
+    files = sorted({f for pattern in ("*.nii", "*.nii.gz") for f in root.glob(pattern) if f.is_file()})
+    if len(files) < len(SPLITS):
+        raise DataError(
+            f"{plugin}: {root} holds {len(files)} NIfTI volumes, need at least {len(SPLITS)} "
+            f"(one per split); expected layout: {layout}"
+        )
+    return files
+
+
 def files_of_split(plugin: str, files: Mapping[str, list[Path]], name: str) -> list[Path]:
     """The files of split ``name``, or a :class:`DataError` naming the valid splits."""
     if name not in files:

@@ -29,10 +29,9 @@ from bench_core.api import API_VERSION, SPLITS, DataError, DataSpec, cache_dir
 from bench_core.hookspecs import hookimpl
 
 from . import brain
-from ._common import check_options, check_root, files_of_split, fingerprint_spread, read_nifti
+from ._common import check_options, check_root, files_of_split, fingerprint_spread, list_volumes, read_nifti
 
 LAYOUT = "ROOT/*.nii or ROOT/*.nii.gz: a flat folder of 3D skull-stripped FLAIR volumes (at least 3)"
-PATTERNS = ("*.nii", "*.nii.gz")
 RESOLUTIONS = (32, 64, 128)
 DEFAULT_RESOLUTION = 32
 PERCENTILES = (0.05, 99.95)
@@ -287,13 +286,7 @@ class BiobankFlair:
         self.resolution = int(resolution)
         self.cache = VolumeCache(cache_dir() / "volumes") if cache else None
         self.root = check_root(self.name, root, LAYOUT)
-        files = sorted({f for pattern in PATTERNS for f in self.root.glob(pattern) if f.is_file()})
-        if len(files) < len(SPLITS):
-            raise DataError(
-                f"{self.name}: {self.root} holds {len(files)} NIfTI volumes, need at least {len(SPLITS)} "
-                f"(one per split); expected layout: {LAYOUT}"
-            )
-        self._files = split_files(files)
+        self._files = split_files(list_volumes(self.name, self.root, LAYOUT))
 
     def spec(self) -> DataSpec:
         """Single-channel 3D volumes of shape (R, R, R) in [-1, 1]; split sizes from the file listing."""

@@ -16,7 +16,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
-from bench_core.api import API_VERSION, SPLITS, DataError, DataSpec
+from bench_core.api import API_VERSION, DataError, DataSpec
 from bench_core.hookspecs import hookimpl
 
 from . import brain
@@ -28,6 +28,7 @@ from ._common import (
     fingerprint_files,
     fingerprint_spread,
     list_split_files,
+    list_volumes,
     nifti_data_error,
     open_nifti,
     parse_size,
@@ -44,7 +45,6 @@ PNG_LAYOUT = (
     "(8-bit grayscale 256x256 PNGs; keras_png_slices_seg_* mask folders are ignored)"
 )
 NIFTI_LAYOUT = "ROOT/*.nii.gz or ROOT/*.nii: a flat folder of 3D T1 volumes (at least 3)"
-NIFTI_PATTERNS = ("*.nii.gz", "*.nii")
 DEFAULT_SIZES = {"png": (256, 256), "nifti": (64, 64)}
 SPLIT_SEED = 42
 """Seed of the volume-level split of the NIfTI layout (seed 002 uses 42)."""
@@ -227,13 +227,7 @@ class Oasis:
             }
         else:
             self.root = check_root(self.name, root, NIFTI_LAYOUT)
-            files = sorted({f for p in NIFTI_PATTERNS for f in self.root.glob(p) if f.is_file()})
-            if len(files) < len(SPLITS):
-                raise DataError(
-                    f"{self.name}: {self.root} holds {len(files)} NIfTI volumes, need at least {len(SPLITS)} "
-                    f"(one per split); expected layout: {NIFTI_LAYOUT}"
-                )
-            self._files = split_volumes(files)
+            self._files = split_volumes(list_volumes(self.name, self.root, NIFTI_LAYOUT))
 
     def spec(self) -> DataSpec:
         """Single-channel 2D images at ``size`` in [-1, 1]; split sizes from the file listing."""
