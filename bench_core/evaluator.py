@@ -11,6 +11,8 @@ per-item metrics carry the seeded bootstrap 95% interval of their mean over test
 
 from __future__ import annotations
 
+import functools
+import inspect
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -310,9 +312,13 @@ def _gather(local: dict[str, Any] | None, outputs: dict[str, torch.Tensor], devi
 
 def takes_temperature(model: torch.nn.Module) -> bool:
     """Whether the model's ``reconstruct``/``translate`` accept a ``temperature`` keyword."""
-    import inspect
+    return _class_takes_temperature(type(model))
 
-    methods = [getattr(model, m, None) for m in ("reconstruct", "translate")]
+
+@functools.cache
+def _class_takes_temperature(cls: type) -> bool:
+    # Per class, once: evaluation asks for every batch of every task.
+    methods = [getattr(cls, m, None) for m in ("reconstruct", "translate")]
     return any(m is not None and "temperature" in inspect.signature(m).parameters for m in methods)
 
 
