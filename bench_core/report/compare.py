@@ -19,7 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench_core.report.html import ReportData, _environment, _version, _write, load_report_data, provenance_context
+from bench_core.fileio import write_atomic
+from bench_core.report.html import ReportData, _environment, _version, load_report_data, provenance_context
 from bench_core.tables import _TASK_ORDER, Aggregate, aggregate, arrow, comparable_settings, fmt_number
 
 
@@ -203,6 +204,6 @@ def compare(a: str | Path, b: str | Path, out: Path) -> tuple[Path, Path]:
             counts=dict(sorted(counts.items())),
         )
     )
-    _write(html_path, html)
-    _write(md_path, to_markdown(diffs, side_a, side_b))
+    write_atomic(html_path, html)
+    write_atomic(md_path, to_markdown(diffs, side_a, side_b))
     return html_path, md_path

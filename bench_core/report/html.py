@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -23,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from bench_core.api import BenchError
+from bench_core.fileio import write_atomic
 from bench_core.store import STORE_NAME, ResultsStore
 from bench_core.tables import Aggregate, Table, aggregate, arrow, build_tables, comparable_settings
 
@@ -140,7 +140,7 @@ def build_report(
     if benchmarks is not None:
         speed = load_benchmarks(benchmarks)  # validate before replacing an earlier copy
         if Path(benchmarks).resolve() != kept.resolve():
-            shutil.copyfile(benchmarks, kept)
+            write_atomic(kept, Path(benchmarks).read_bytes())
     else:
         speed = load_benchmarks(kept) if kept.exists() else None
     tables = build_tables(data.results, data.per_item)
@@ -180,7 +180,7 @@ def build_report(
         cell_title=_cell_title,
     )
     index = output_dir / "index.html"
-    _write(index, page)
+    write_atomic(index, page)
     for c in data.cells:
         info = cell_pages.get(c["cell_key"])
         if info is None:
@@ -189,8 +189,8 @@ def build_report(
         html = env.get_template("cell.html").render(
             **common, root="../" * info["depth"], cell=c, provenance_runs=provenance_context(data, c), **context
         )
-        _write(output_dir / info["dir"] / "index.html", html)
-    _write(output_dir / "leaderboard.json", json.dumps(tables_json(tables), indent=1, sort_keys=True))
+        write_atomic(output_dir / info["dir"] / "index.html", html)
+    write_atomic(output_dir / "leaderboard.json", json.dumps(tables_json(tables), indent=1, sort_keys=True))
     return index
 
 
@@ -215,14 +215,6 @@ def _version() -> str:
     from bench_core import __version__
 
     return __version__
-
-
-def _write(path: Path, text: str) -> None:
-    # Write then rename: a reader (or a browser refresh) never sees half a page.
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
 
 
 def _read(path: Path) -> str:
