@@ -20,11 +20,16 @@ def temporary_name(path: Path) -> Path:
     return path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:12]}.tmp")
 
 
-def write_atomic(path: str | Path, data: str | bytes) -> None:
+def write_atomic(path: str | Path, data: str | bytes, *, durable: bool = True) -> None:
     """Replace ``path`` with ``data`` (text as UTF-8) so that no reader ever sees it half written.
 
-    Creates the parent folder. The data is fsynced before the rename; on any failure the
-    temporary file is removed and the error propagates, leaving ``path`` as it was.
+    Creates the parent folder. On any failure the temporary file is removed and the error
+    propagates, leaving ``path`` as it was.
+
+    Args:
+        durable: fsync the data before the rename, so that a power cut cannot leave an empty
+            file behind. Files rebuilt from the store on every run (report pages) pass False:
+            the rename alone keeps readers safe, and an fsync per page would slow large reports.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -35,8 +40,9 @@ def write_atomic(path: str | Path, data: str | bytes) -> None:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
         with os.fdopen(fd, "wb") as fh:
             fh.write(payload)
-            fh.flush()
-            os.fsync(fh.fileno())
+            if durable:
+                fh.flush()
+                os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):

@@ -180,7 +180,7 @@ def build_report(
         cell_title=_cell_title,
     )
     index = output_dir / "index.html"
-    write_atomic(index, page)
+    write_atomic(index, page, durable=False)  # rebuilt from the store by every report: no fsync per page
     for c in data.cells:
         info = cell_pages.get(c["cell_key"])
         if info is None:
@@ -189,7 +189,7 @@ def build_report(
         html = env.get_template("cell.html").render(
             **common, root="../" * info["depth"], cell=c, provenance_runs=provenance_context(data, c), **context
         )
-        write_atomic(output_dir / info["dir"] / "index.html", html)
+        write_atomic(output_dir / info["dir"] / "index.html", html, durable=False)
     write_atomic(output_dir / "leaderboard.json", json.dumps(tables_json(tables), indent=1, sort_keys=True))
     return index
 
