@@ -9,14 +9,20 @@ import threading
 SSIM = {"value": 0.8, "std": 0.05, "n": 3, "settings": {"data_range": 1.0}}
 
 # Rebuild the report of argv[1] argv[2] times in one process (no interpreter start per rebuild).
-_REBUILD = "import sys\nfrom bench_core.report.html import build_report\nfor _ in range(int(sys.argv[2])): build_report(sys.argv[1])"
+_REBUILD = """
+import sys
+from bench_core.report.html import build_report
+for _ in range(int(sys.argv[2])):
+    build_report(sys.argv[1])
+"""
 
 
 def test_concurrent_report_writers_never_fail_nor_show_half_a_page(tmp_path, make_store):
     # A long failure message makes index.html a few MB, so writing it takes long enough for writers to overlap.
-    out = make_store(tmp_path / "r", "s", [(m, "d", s, {"ssim": SSIM}, {"ssim": [0.7, 0.8, 0.9]})
-                                           for m in ("a", "b") for s in (0, 1)], failed=("bad", "x" * 3_000_000))  # fmt: skip
+    cells = [(m, "d", s, {"ssim": SSIM}, {"ssim": [0.7, 0.8, 0.9]}) for m in ("a", "b") for s in (0, 1)]
+    out = make_store(tmp_path / "r", "s", cells, failed=("bad", "x" * 3_000_000))
     pages = [out / "index.html", out / "cells" / "a__d__seed0" / "index.html"]
+    # cwd=out: bench_core comes from the installed package (or PYTHONPATH), not from pytest's working folder.
     subprocess.run([sys.executable, "-c", _REBUILD, str(out), "1"], cwd=out, check=True)
     torn: list[str] = []
     stop = threading.Event()
@@ -24,17 +30,18 @@ def test_concurrent_report_writers_never_fail_nor_show_half_a_page(tmp_path, mak
     def read_pages() -> None:
         while not stop.is_set():
             for page in pages:
-                text = page.read_text(encoding="utf-8")
+                try:
+                    text = page.read_text(encoding="utf-8")
+                except OSError as exc:
+                    text = repr(exc)
                 if not text.rstrip().endswith("</html>"):
                     torn.append(f"{page.name}: {len(text)} characters ending {text[-40:]!r}")
 
     reader = threading.Thread(target=read_pages)
     reader.start()
     try:
-        writers = [
-            subprocess.Popen([sys.executable, "-c", _REBUILD, str(out), "25"], cwd=out, stderr=subprocess.PIPE, text=True)
-            for _ in range(3)
-        ]
+        command = [sys.executable, "-c", _REBUILD, str(out), "25"]
+        writers = [subprocess.Popen(command, cwd=out, stderr=subprocess.PIPE, text=True) for _ in range(3)]
         errors = [w.communicate(timeout=300)[1] for w in writers]
     finally:
         stop.set()
