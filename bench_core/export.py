@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from bench_core.api import BenchError
+from bench_core.fileio import write_atomic
 from bench_core.store import STORE_NAME, ResultsStore
 from bench_core.tables import build_tables, to_latex, to_markdown
 
@@ -28,7 +29,7 @@ def export(output_dir: Path, fmt: str, out: Path | None = None) -> str:
         text = to_markdown(tables) if fmt == "markdown" else to_latex(tables)
         if out is None:
             return text
-        out.write_text(text)
+        write_atomic(out, text)
         return str(out)
     store = ResultsStore(output_dir)
     try:
@@ -43,13 +44,15 @@ def export(output_dir: Path, fmt: str, out: Path | None = None) -> str:
             frame[column] = frame[column].map(lambda v: json.dumps(v, sort_keys=True))
     ext = {"csv": "csv", "json": "json", "parquet": "parquet"}[fmt]
     out = out or output_dir / f"results.{ext}"
+    # Rendered in memory, then written atomically: another export or report may share the folder.
     if fmt == "csv":
-        frame.to_csv(out, index=False)
+        content: str | bytes = frame.to_csv(index=False)
     elif fmt == "json":
-        frame.to_json(out, orient="records", indent=1)
+        content = frame.to_json(orient="records", indent=1)
     else:
         try:
-            frame.to_parquet(out, index=False)
+            content = frame.to_parquet(index=False)
         except ImportError as exc:
             raise BenchError(f"parquet export needs pyarrow ({exc}); pip install pyarrow") from None
+    write_atomic(out, content)
     return str(out)
