@@ -4,6 +4,21 @@ The loop owns device placement, precision (autocast, with a gradient scaler for 
 CUDA), gradient clipping, update skipping with a counter and a cap on consecutive skips,
 EMA weights, seeding, periodic atomic checkpoints, resume after a kill, progress bars
 and the loss curves stored for the report.
+
+Skipped updates and the gradient scaler. An update is skipped when a pass's loss is
+non-finite, when the gradients are non-finite, or when their norm reaches the stage's
+``skip_threshold``. With fp16 (``precision: amp`` on CUDA, or anywhere with
+``$BENCH_FORCE_AMP``) the loss is scaled by ``torch.amp.GradScaler`` and every update that
+got as far as ``unscale_`` ends in ``scaler.update()``, applied or not, as torch's contract
+requires: non-finite gradients back the scale off, a threshold skip (finite gradients)
+counts as a clean step towards the scale's growth. A non-finite loss is caught before
+backward, so the scaler has nothing to settle and its scale stays (the forward pass does not
+depend on it). Non-finite gradients while the scale is above ``MIN_GRAD_SCALE`` are the
+scaler probing its range (it starts at 65536 and doubles after every ``growth_interval``
+clean updates until an overflow), so they are counted as ``overflow_skipped`` and neither
+count towards nor reset ``max_consecutive_skips``; at or below that scale the gradients
+overflow without amplification, so they count as ordinary skips and a run whose gradients
+stay non-finite still fails after the scale has backed off to it.
 """
 
 from __future__ import annotations
@@ -27,6 +42,10 @@ from bench_core.checkpoints import load_train_state, save_train_state, save_weig
 from bench_core.timing import ThroughputMeter
 
 MAX_CURVE_POINTS = 200
+# Overflows at or below this loss scale are the model's, not the scaler's (torch's docs: a
+# scale under 1 means something is likely wrong), so they count towards the skip cap.
+MIN_GRAD_SCALE = 1.0
+FORCE_AMP_ENV = "BENCH_FORCE_AMP"
 
 
 class TrainingDiverged(BenchError):
@@ -35,10 +54,20 @@ class TrainingDiverged(BenchError):
 
 @dataclass
 class TrainSettings:
-    """How the engine runs one stage (resolved from the suite and the stage's defaults)."""
+    """How the engine runs one stage (resolved from the suite and the stage's defaults).
+
+    ``precision``: ``fp32``; ``bf16`` (bf16 autocast, no scaler); ``amp``, which is fp16
+    autocast with a ``torch.amp.GradScaler`` on CUDA and falls back to bf16 autocast without a
+    scaler elsewhere. Setting the environment variable ``BENCH_FORCE_AMP=1`` makes ``amp``
+    take the CUDA path on any device: fp16 autocast (in training and evaluation; torch's CPU
+    autocast runs convolutions and matmuls in fp16) and a real scaler for that device, so the
+    scaler logic can be tested on CPU. It is a testing switch: the checkpoint store does not
+    key weights by it. ``grad_scale_init`` and ``grad_scale_growth_interval`` configure the
+    scaler (torch's defaults); a resumed stage takes both from its saved state.
+    """
 
     device: torch.device
-    precision: str = "fp32"  # fp32 | amp (fp16 + scaler on CUDA) | bf16
+    precision: str = "fp32"  # fp32 | amp | bf16
     seed: int = 0
     steps: int | None = None
     epochs: int | None = None
@@ -57,11 +86,20 @@ class TrainSettings:
     validate_higher_is_better: bool = True
     best_path: Path | None = None  # where the best-scoring weights are saved
     initial_optimizer: dict[str, Any] | None = None  # optimiser state to continue from
+    grad_scale_init: float = 2.0**16
+    grad_scale_growth_interval: int = 2000  # clean updates before the scale doubles
 
 
 @dataclass
 class StageReport:
-    """What happened in one stage: steps, skips, time, throughput and curves."""
+    """What happened in one stage: steps, skips, time, throughput and curves.
+
+    ``skipped`` counts updates not applied for a non-finite loss, non-finite gradients or a
+    norm over the skip threshold; ``overflow_skipped`` (disjoint from it) the updates the fp16
+    gradient scaler skipped while backing off its scale (see the module docstring). ``grad_scale``
+    is the scaler's loss scale at the end of the stage and ``grad_scale_min`` the lowest it
+    held during the stage (before a resume included); both are None without a scaler.
+    """
 
     stage: str
     steps: int
@@ -75,6 +113,9 @@ class StageReport:
     best_score: float | None = None
     best_step: int | None = None
     timing_protocol: str = ""
+    overflow_skipped: int = 0
+    grad_scale: float | None = None
+    grad_scale_min: float | None = None
     optimizer_state: dict[str, Any] | None = field(default=None, repr=False)
 
 
@@ -161,10 +202,16 @@ def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
     return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
 
 
+def fp16_amp(device: torch.device, precision: str) -> bool:
+    """Whether ``precision`` runs as fp16 with a gradient scaler: amp on CUDA, or with ``$BENCH_FORCE_AMP``."""
+    forced = os.environ.get(FORCE_AMP_ENV, "") not in ("", "0")
+    return precision == "amp" and (device.type == "cuda" or forced)
+
+
 def autocast(device: torch.device, precision: str) -> torch.autocast:
     """The autocast context for ``precision`` (fp32 disables it)."""
-    if precision == "amp" and device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.float16)
+    if fp16_amp(device, precision):
+        return torch.autocast(device.type, dtype=torch.float16)
     if precision in ("bf16", "amp"):
         return torch.autocast(device.type, dtype=torch.bfloat16)
     return torch.autocast(device.type, enabled=False)
@@ -250,17 +297,26 @@ def run_stage(
     if not params:
         raise BenchError(f"stage {stage.name!r} has no trainable parameters")
     optimizer = build_optimizer(stage.optimizer, params)
-    scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and settings.precision == "amp")
+    scaler = torch.amp.GradScaler(
+        device.type,
+        init_scale=settings.grad_scale_init,
+        growth_interval=settings.grad_scale_growth_interval,
+        enabled=fp16_amp(device, settings.precision),
+    )
     ema = [p.detach().clone() for p in params] if stage.ema_decay else None
     aug_gen = torch.Generator().manual_seed(settings.seed * 7919 + 1)
 
-    step, skipped, curve_points = 0, 0, []
+    step, skipped, overflow_skipped, curve_points = 0, 0, 0, []
+    scale_min: float | None = None
     best: dict[str, Any] = {"score": None, "step": None}
     saved = load_train_state(state_path)
     if saved is not None and saved.get("stage") == stage.name:
         model.load_state_dict(saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
-        scaler.load_state_dict(saved["scaler"])
+        # A state saved without a scaler (CPU, or without $BENCH_FORCE_AMP) is empty: start it afresh.
+        if saved["scaler"]:
+            scaler.load_state_dict(saved["scaler"])
+        overflow_skipped, scale_min = saved.get("overflow_skipped", 0), saved.get("grad_scale_min")
         if ema is not None and saved.get("ema") is not None:
             for e, s in zip(ema, saved["ema"], strict=True):
                 e.copy_(s)
@@ -274,6 +330,9 @@ def run_stage(
         if settings.initial_optimizer is not None:
             _continue_optimizer(optimizer, settings.initial_optimizer, stage.name)
     resumed_from = step
+    # The lowest loss scale of the stage, before a resume included; None without a scaler.
+    saved_min = math.inf if scale_min is None else scale_min
+    scale_min = min(scaler.get_scale(), saved_min) if scaler.is_enabled() else None
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
 
@@ -284,6 +343,7 @@ def run_stage(
             state_path,
             {
                 "stage": stage.name, "step": step, "skipped": skipped, "curve": curve_points,
+                "overflow_skipped": overflow_skipped, "grad_scale_min": scale_min,
                 "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
                 "ema": ema, "rng": _rng_state(), "augment_rng": aug_gen.get_state(), "best": best,
             },
@@ -320,8 +380,8 @@ def run_stage(
         if group and not drop_last:
             yield group
 
-    def update(group: list[dict[str, Any]], items: int) -> tuple[bool, dict[str, float], torch.Tensor]:
-        """One optimiser update from the passes of ``group``; False when it was skipped."""
+    def update(group: list[dict[str, Any]], items: int) -> tuple[str, dict[str, float], torch.Tensor]:
+        """One optimiser update from the passes of ``group``: "applied", "skipped" or "overflow"."""
         optimizer.zero_grad(set_to_none=True)
         values: dict[str, float] = {}
         for batch in group:
@@ -332,7 +392,7 @@ def run_stage(
                 out = stage.loss(batch)
             loss = out["loss"]
             if not ddp.all_true(bool(torch.isfinite(loss)), device):  # all ranks take the same branch
-                return False, values, loss
+                return "skipped", values, loss  # before unscale_: nothing for the scaler to settle
             # Weighted by the pass's share of the update's items: the gradient of one big batch.
             share = _batch_len(batch) / items
             scaler.scale(loss * share if accumulate > 1 else loss).backward()
@@ -342,15 +402,22 @@ def run_stage(
         ddp.average_gradients(params)
         scaler.unscale_(optimizer)
         norm = _clip(stage, params)
-        if not bool(torch.isfinite(norm)) or (stage.skip_threshold is not None and float(norm) >= stage.skip_threshold):
-            return False, values, loss
-        scaler.step(optimizer)
+        finite = bool(torch.isfinite(norm))  # the same on every rank: the gradients were averaged
+        if finite and (stage.skip_threshold is None or float(norm) < stage.skip_threshold):
+            outcome = "applied"
+            scaler.step(optimizer)
+        elif not finite and scaler.is_enabled() and scaler.get_scale() > MIN_GRAD_SCALE:
+            outcome = "overflow"
+        else:
+            outcome = "skipped"
+        # Applied or not: after unscale_ the scaler must update (backing off on non-finite
+        # gradients), or the next unscale_ raises.
         scaler.update()
-        if ema is not None:
+        if outcome == "applied" and ema is not None:
             with torch.no_grad():
                 for e, p in zip(ema, params, strict=True):
                     e.lerp_(p.detach(), 1.0 - stage.ema_decay)
-        return True, values, loss
+        return outcome, values, loss
 
     curve = _Curve(total, curve_points)
     train_mode()
@@ -373,21 +440,27 @@ def run_stage(
             for group in micro_batches(loader):
                 items = sum(_batch_len(b) for b in group)
                 with meter.measure(items * world):
-                    ok, values, loss = update(group, items)
-                if ok:
+                    outcome, values, loss = update(group, items)
+                if scale_min is not None:
+                    scale_min = min(scale_min, scaler.get_scale())
+                if outcome == "applied":
                     consecutive = 0
                 else:
                     optimizer.zero_grad(set_to_none=True)
+                if outcome == "overflow":
+                    overflow_skipped += 1
+                elif outcome == "skipped":
                     skipped += 1
                     consecutive += 1
                     if consecutive > settings.max_consecutive_skips:
+                        scale = f"; loss scale {scaler.get_scale():g}" if scaler.is_enabled() else ""
                         raise TrainingDiverged(
                             f"stage {stage.name!r}: loss {float(loss.detach()):.4g} at step {step}; "
                             f"{consecutive} consecutive updates skipped (non-finite loss or gradient"
-                            f"{' or norm over ' + str(stage.skip_threshold) if stage.skip_threshold else ''})"
+                            f"{' or norm over ' + str(stage.skip_threshold) if stage.skip_threshold else ''}){scale}"
                         )
                 step += 1
-                if ok:
+                if outcome == "applied":
                     curve.add(step, values)
                 advance(values.get("loss", float("nan")))
                 if every and step % every == 0 and step < total:
@@ -420,6 +493,9 @@ def run_stage(
         resumed_from=resumed_from,
         best_score=best["score"],
         best_step=best["step"],
+        overflow_skipped=overflow_skipped,
+        grad_scale=scaler.get_scale() if scaler.is_enabled() else None,
+        grad_scale_min=scale_min,
         optimizer_state=optimizer.state_dict(),
     )
 
