@@ -14,6 +14,7 @@ the machine-readable twin of the leaderboard tables.
 from __future__ import annotations
 
 import json
+import logging
 import math
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -30,6 +31,7 @@ _WIDTH, _HEIGHT = 420, 130
 WORST_N = 8
 BENCHMARKS_NAME = "benchmarks.json"
 _THROUGHPUT_SUFFIX = "images_per_s"
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -75,8 +77,13 @@ def load_report_data(path: str | Path, suite: str | None = None) -> ReportData:
             continue
         try:
             parsed = json.loads(eval_path.read_text())
-        except (OSError, json.JSONDecodeError):
-            continue  # a damaged eval.json costs the per-item intervals and galleries, not the report
+            problem = _eval_problem(parsed)
+        except (OSError, ValueError) as exc:  # ValueError: bad JSON or bad UTF-8
+            problem = str(exc)
+        if problem:  # a damaged eval.json costs the per-item intervals and galleries, not the report
+            logger.warning("warning: %s is damaged (%s); the report goes on without its per-item values",
+                           eval_path, problem)  # fmt: skip
+            continue
         data.evals[cell["cell_key"]] = parsed
         for task, metrics in parsed.items():
             for metric, entry in metrics.items():
@@ -84,6 +91,23 @@ def load_report_data(path: str | Path, suite: str | None = None) -> ReportData:
                 if values:
                     data.per_item[(cell["cell_key"], task, metric)] = [values[k] for k in sorted(values)]
     return data
+
+
+def _eval_problem(parsed: Any) -> str | None:
+    """Why ``parsed`` is not shaped like an eval.json (``{task: {metric: {"per_file": {id: number}}}}``), or None."""
+    if not isinstance(parsed, dict):
+        return f"a JSON {type(parsed).__name__}, expected an object of tasks"
+    for task, metrics in parsed.items():
+        if not isinstance(metrics, dict):
+            return f"task {task!r} is a JSON {type(metrics).__name__}, expected an object of metrics"
+        for metric, entry in metrics.items():
+            per_file = entry.get("per_file") if isinstance(entry, dict) else None
+            numbers = isinstance(per_file, dict) and all(
+                isinstance(v, int | float) and not isinstance(v, bool) for v in per_file.values()
+            )
+            if per_file is not None and not numbers:
+                return f"{task}.{metric}.per_file is not an object of numbers"
+    return None
 
 
 def curve_svg(points: list[dict[str, float]], key: str = "loss") -> str:

@@ -6,6 +6,10 @@ import subprocess
 import sys
 import threading
 
+import pytest
+
+from bench_core.report.html import build_report
+
 SSIM = {"value": 0.8, "std": 0.05, "n": 3, "settings": {"data_range": 1.0}}
 
 # Rebuild the report of argv[1] argv[2] times in one process (no interpreter start per rebuild).
@@ -49,3 +53,26 @@ def test_concurrent_report_writers_never_fail_nor_show_half_a_page(tmp_path, mak
     assert [w.returncode for w in writers] == [0, 0, 0], "\n".join(errors)
     assert not torn, torn[:3]
     assert not list(out.rglob("*.tmp")), "a writer left its temporary file behind"
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        pytest.param(b"[1, 2]", id="list"),
+        pytest.param(b'{"recon": 5}', id="task-not-object"),
+        pytest.param(b'{"recon": {"ssim": {"per_file": [0.5, 0.7]}}}', id="per-file-list"),
+        pytest.param(b'{"recon": {"ssim": {"per_file": {"a": "x"}}}}', id="per-file-text"),
+        pytest.param(b'{"recon": ', id="cut-short"),
+        pytest.param(b"\xff\xfe", id="not-utf8"),
+    ],
+)
+def test_eval_json_of_the_wrong_shape_is_reported_as_damaged(tmp_path, make_store, caplog, content):
+    cells = [(m, "d", 0, {"ssim": SSIM}, {"ssim": [0.7, 0.8, 0.9]}) for m in ("a", "b")]
+    out = make_store(tmp_path / "r", "s", cells)
+    damaged = out / "cells" / "a__d__seed0" / "eval.json"
+    damaged.write_bytes(content)
+    index = build_report(out).read_text()
+    assert f"{damaged} is damaged" in caplog.text and "without its per-item values" in caplog.text
+    assert 'href="cells/a__d__seed0/index.html"' in index  # the cell stays in the report, without its galleries
+    assert "item_000" not in (out / "cells" / "a__d__seed0" / "index.html").read_text()
+    assert "item_000" in (out / "cells" / "b__d__seed0" / "index.html").read_text()
