@@ -1,21 +1,34 @@
 """Suite files: YAML read with a safe loader and validated with pydantic.
 
 Every error names the file, the key path (``models[0].budget.stepz``) and what was
-expected; an unknown key suggests the nearest valid one.
+expected; an unknown key suggests the nearest valid one. Numbers are strict: YAML's
+``true`` is no ``1`` and ``"5"`` no ``5`` (a typo there would silently train for one step).
 """
 
 from __future__ import annotations
 
 import difflib
 import hashlib
+import re
 import typing
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictFloat,
+    StrictInt,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from bench_core.api import BenchError
+
+_FOLDER_NAME = re.compile(r"[A-Za-z0-9_.-]+")
 
 
 class _Strict(BaseModel):
@@ -25,12 +38,12 @@ class _Strict(BaseModel):
 class Budget(_Strict):
     """How long each training stage runs: ``steps`` or ``epochs`` (steps win if both)."""
 
-    steps: int | None = Field(default=None, gt=0)
-    epochs: int | None = Field(default=None, gt=0)
-    batch_size: int | None = Field(default=None, gt=0)
-    accumulate: int | None = Field(default=None, gt=0)
+    steps: StrictInt | None = Field(default=None, gt=0)
+    epochs: StrictInt | None = Field(default=None, gt=0)
+    batch_size: StrictInt | None = Field(default=None, gt=0)
+    accumulate: StrictInt | None = Field(default=None, gt=0)
     stages: dict[str, Budget] = Field(default_factory=dict)
-    checkpoint_every: int = Field(default=200, gt=0)
+    checkpoint_every: StrictInt = Field(default=200, gt=0)
 
     def for_stage(self, stage: str) -> Budget:
         """The budget of one stage: its own entry over the suite-wide values."""
@@ -67,8 +80,8 @@ class ModelEntry(_Strict):
 class EmbeddedData(_Strict):
     """Size and seed of embedded data a dataset plugin synthesises in its own format."""
 
-    n: int = Field(default=64, gt=0)
-    seed: int = 0
+    n: StrictInt = Field(default=64, gt=0)
+    seed: StrictInt = 0
 
 
 class DatasetEntry(_Strict):
@@ -119,7 +132,7 @@ class Variant(_Strict):
     """
 
     checkpoint: Literal["latest", "best"] = "latest"
-    temperature: float | None = Field(default=None, ge=0)
+    temperature: StrictFloat | None = Field(default=None, ge=0)
 
     @property
     def label(self) -> str:
@@ -135,11 +148,11 @@ class Evaluation(_Strict):
     its own leaderboard section.
     """
 
-    batch_size: int = Field(default=16, gt=0)
-    n_samples: int = Field(default=64, gt=0)
-    temperature: float = Field(default=1.0, ge=0)
-    grid_size: int = Field(default=8, gt=0)
-    max_items: int | None = Field(default=None, gt=0)
+    batch_size: StrictInt = Field(default=16, gt=0)
+    n_samples: StrictInt = Field(default=64, gt=0)
+    temperature: StrictFloat = Field(default=1.0, ge=0)
+    grid_size: StrictInt = Field(default=8, gt=0)
+    max_items: StrictInt | None = Field(default=None, gt=0)
     save_images: bool = True
     variants: list[Variant] = Field(default_factory=lambda: [Variant()], min_length=1)
 
@@ -164,11 +177,11 @@ class Validation(_Strict):
     metric: str = "psnr"
     options: dict[str, Any] = Field(default_factory=dict)
     task: str | None = None
-    every_epochs: int | None = Field(default=None, gt=0)
-    every_steps: int | None = Field(default=None, gt=0)
-    max_items: int | None = Field(default=None, gt=0)
-    batch_size: int = Field(default=16, gt=0)
-    temperature: float | None = Field(default=None, ge=0)
+    every_epochs: StrictInt | None = Field(default=None, gt=0)
+    every_steps: StrictInt | None = Field(default=None, gt=0)
+    max_items: StrictInt | None = Field(default=None, gt=0)
+    batch_size: StrictInt = Field(default=16, gt=0)
+    temperature: StrictFloat | None = Field(default=None, ge=0)
 
     @model_validator(mode="after")
     def _one_period(self) -> Validation:
@@ -180,9 +193,9 @@ class Validation(_Strict):
 class Suite(_Strict):
     """A benchmark suite: models x datasets x seeds, metrics and run settings."""
 
-    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    name: str
     description: str = ""
-    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
+    seeds: list[StrictInt] = Field(default_factory=lambda: [0], min_length=1)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["fp32", "amp", "bf16"] = "fp32"
     deterministic: bool = True
@@ -193,7 +206,7 @@ class Suite(_Strict):
     metrics: list[MetricEntry] = Field(min_length=1)
     evaluation: Evaluation = Field(default_factory=Evaluation)
     validation: Validation | None = None
-    workers: int = Field(default=0, ge=0)
+    workers: StrictInt = Field(default=0, ge=0)
     include: list[str] = Field(default_factory=list)
     exclude: list[str] = Field(default_factory=list)
     requires: list[str] = Field(default_factory=list)
@@ -208,6 +221,25 @@ class Suite(_Strict):
         # `metrics: [psnr, ssim]` is the common case; expand plain names.
         if isinstance(value, list):
             return [{"plugin": v} if isinstance(v, str) else v for v in value]
+        return value
+
+    @field_validator("name")
+    @classmethod
+    def _name_is_one_folder(cls, value: str) -> str:
+        # The name is the default output folder (reports/<name>): it must not lead anywhere else.
+        if not _FOLDER_NAME.fullmatch(value) or value in (".", ".."):
+            raise ValueError(
+                "must be one folder name of letters, digits, '_', '.' and '-' (not '.' or '..'), e.g. my-suite"
+            )
+        return value
+
+    @field_validator("seeds")
+    @classmethod
+    def _seeds_unique(cls, value: list[int]) -> list[int]:
+        # `seeds: [0, 0]` names every cell twice: a typo, never a request.
+        dup = sorted({x for x in value if value.count(x) > 1})
+        if dup:
+            raise ValueError(f"each seed once; repeated: {', '.join(map(str, dup))}")
         return value
 
     @field_validator("requires")
@@ -306,7 +338,8 @@ def _describe(error: dict[str, Any]) -> str:
         return f"  {key_path}: required key is missing"
     got = error.get("input")
     got_text = f" (got {got!r})" if got is not None and not isinstance(got, (dict, list)) else ""
-    return f"  {key_path}: {error['msg']}{got_text}"
+    message = error["msg"].removeprefix("Value error, ")  # pydantic's prefix for our own checks' messages
+    return f"  {key_path}: {message}{got_text}"
 
 
 def _format_loc(loc: tuple[Any, ...]) -> str:

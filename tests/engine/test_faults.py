@@ -1,4 +1,4 @@
-"""Faults and bad state: damaged checkpoints, writers killed mid-write."""
+"""Faults and bad state: damaged checkpoints, hostile suite values, writers killed mid-write."""
 
 from __future__ import annotations
 
@@ -10,7 +10,10 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
+from toy_suites import toy_suite
 
+from bench_core.api import BenchError
 from bench_core.checkpoints import (
     BEST_WEIGHTS,
     WEIGHTS,
@@ -21,6 +24,7 @@ from bench_core.checkpoints import (
     save_weights,
 )
 from bench_core.fileio import remove_stale_temporaries, replace_atomically, write_atomic
+from bench_core.suite import load_suite
 
 LIMIT = 300  # the runner records a failed cell's first 300 characters
 
@@ -95,6 +99,49 @@ def test_damaged_weights_outside_the_store_ask_for_a_good_copy(tmp_path):
     with pytest.raises(CheckpointError) as err:
         load_weights(_model(), path)
     _assert_actionable(str(err.value), f"checkpoint {path} is corrupt or not a weights file; replace it")
+
+
+# -- suite values that would write elsewhere or run something else than meant ------------------
+def _suite_error(tmp_path: Path, **overrides) -> str:
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(toy_suite(**overrides)))
+    with pytest.raises(BenchError) as err:
+        load_suite(path)
+    assert str(path) in str(err.value)
+    return str(err.value)
+
+
+@pytest.mark.parametrize("name", ["..", ".", "", "a/b", "a\\b", "a\0b", "../../etc"])
+def test_suite_name_that_is_not_one_folder_is_refused(tmp_path, name):
+    assert "  name: must be one folder name of letters, digits" in _suite_error(tmp_path, name=name)
+
+
+def test_repeated_seed_is_refused_naming_it(tmp_path):
+    assert "  seeds: each seed once; repeated: 3" in _suite_error(tmp_path, seeds=[0, 3, 1, 3])
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        ({"models": [{"plugin": "toy-ae", "budget": {"steps": True}}]},
+         "  models[0].budget.steps: Input should be a valid integer (got True)"),
+        ({"models": [{"plugin": "toy-ae", "budget": {"stages": {"ae": {"epochs": False}}}}]},
+         "  models[0].budget.stages.ae.epochs: Input should be a valid integer (got False)"),
+        ({"seeds": [0, True]}, "  seeds[1]: Input should be a valid integer (got True)"),
+        ({"evaluation": {"batch_size": "8"}}, "  evaluation.batch_size: Input should be a valid integer (got '8')"),
+        ({"evaluation": {"temperature": True}}, "  evaluation.temperature: Input should be a valid number (got True)"),
+    ],
+    ids=["steps", "stage-epochs", "seed", "quoted", "temperature"],
+)  # fmt: skip
+def test_boolean_or_text_where_a_number_belongs_is_refused(tmp_path, overrides, expected):
+    assert expected in _suite_error(tmp_path, **overrides)
+
+
+def test_whole_numbers_still_fill_number_fields(tmp_path):
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(toy_suite(seeds=[2, 1], evaluation={"temperature": 1})))
+    suite = load_suite(path)
+    assert suite.seeds == [2, 1] and suite.evaluation.temperature == 1.0
 
 
 # -- writers killed or failing mid-write ---------------------------------------------------------
