@@ -22,9 +22,9 @@ for _ in range(int(sys.argv[2])):
 
 
 def test_concurrent_report_writers_never_fail_nor_show_half_a_page(tmp_path, make_store):
-    # A long failure message makes index.html a few MB, so writing it takes long enough for writers to overlap.
+    # A long failure message makes index.html about 2 MB, so writing it takes long enough for writers to overlap.
     cells = [(m, "d", s, {"ssim": SSIM}, {"ssim": [0.7, 0.8, 0.9]}) for m in ("a", "b") for s in (0, 1)]
-    out = make_store(tmp_path / "r", "s", cells, failed=("bad", "x" * 3_000_000))
+    out = make_store(tmp_path / "r", "s", cells, failed=("bad", "x" * 1_000_000))
     pages = [out / "index.html", out / "cells" / "a__d__seed0" / "index.html"]
     # cwd=out: bench_core comes from the installed package (or PYTHONPATH), not from pytest's working folder.
     subprocess.run([sys.executable, "-c", _REBUILD, str(out), "1"], cwd=out, check=True)
