@@ -7,6 +7,11 @@ task batch by batch, so no test set is ever held in memory. Predictions and targ
 mapped from the dataset's value range to ``[0, 1]`` (predictions clamped, and the count
 recorded) before the metrics see them, so every metric uses ``data_range = 1``. Rows of
 per-item metrics carry the seeded bootstrap 95% interval of their mean over test items.
+
+Every reconstruction and translation task also stores a diagnostic row,
+``input_dependence``: the spread of the outputs across test items over the spread of the
+targets (see :class:`Spread`). A model whose outputs barely change with the input (a
+collapsed posterior, a decoder that learnt the mean image) is flagged by it in the tables.
 """
 
 from __future__ import annotations
@@ -53,6 +58,53 @@ def tasks_for(capabilities: frozenset[str], spec: DataSpec) -> list[Task]:
     if SAMPLE in capabilities:
         tasks.append(Task("sample", SAMPLE, None, spec.modalities[0]))
     return tasks
+
+
+INPUT_DEPENDENCE_FLAG = 0.05
+"""Below this ratio of output spread to target spread, a task's output does not depend on its input."""
+
+
+class Spread:
+    """Streaming per-pixel spread across items: sqrt of the per-pixel variance, averaged over pixels.
+
+    Sums are kept in float64 per pixel, so the memory is a few images, whatever the number
+    of items; the result equals ``x.std(0, unbiased=False).pow(2).mean().sqrt()`` over all items.
+    """
+
+    def __init__(self) -> None:
+        self.n = 0
+        self.total: torch.Tensor | None = None
+        self.squares: torch.Tensor | None = None
+
+    def update(self, x: torch.Tensor) -> None:
+        """Add a batch ``(B, C, *spatial)``."""
+        x = x.detach().to(torch.float64)
+        if self.total is None:
+            self.total, self.squares = torch.zeros_like(x[0]), torch.zeros_like(x[0])
+        self.total += x.sum(0)
+        self.squares += (x * x).sum(0)
+        self.n += x.shape[0]
+
+    def compute(self) -> float:
+        """The spread; 0 for fewer than two items."""
+        if self.n < 2 or self.total is None or self.squares is None:
+            return 0.0
+        mean = self.total / self.n
+        variance = (self.squares / self.n - mean * mean).clamp_min(0)
+        return float(variance.mean().sqrt())
+
+
+def input_dependence_row(task: str, pred: Spread, target: Spread) -> dict[str, Any]:
+    """The diagnostic row of a task: output spread over target spread across test items."""
+    p, t = pred.compute(), target.compute()
+    ratio = p / t if t > 0 else float("nan")
+    return {
+        "task": task, "metric": "input_dependence", "value": ratio, "std": None, "n": pred.n,
+        "higher_is_better": None, "kind": "diagnostic",
+        "settings": {"definition": "RMS over pixels of the per-pixel std across test items, outputs / targets",
+                     "flag_below": INPUT_DEPENDENCE_FLAG, "output_spread": p, "target_spread": t},
+        "provenance": {"plugin": "engine"},
+    }  # fmt: skip
 
 
 @dataclass
@@ -169,6 +221,9 @@ def evaluate(
                     if values is not None:
                         per = st.per_file.setdefault(name, {})
                         per.update(zip(ids[:n], (float(v) for v in values.detach().cpu()), strict=True))
+                if task.kind != SAMPLE:
+                    st.pred_spread.update(pred01)
+                    st.target_spread.update(target01)
                 st.keep_grid(pred01, target01, batch, settings.grid_size, spec, lo, hi)
                 if settings.save_images:
                     if task.kind == SAMPLE:  # samples have no input to be named after: number them
@@ -202,11 +257,13 @@ def evaluate(
                 outcome.per_file.setdefault(task.name, {})[name] = {
                     "mean": result.value, "std": result.std, "n": result.n, "per_file": st.per_file[name],
                 }  # fmt: skip
+        if task.kind != SAMPLE:
+            outcome.rows.append(input_dependence_row(task.name, st.pred_spread, st.target_spread))
         if st.meter.per_second is not None:
             outcome.rows.append(
                 {
                     "task": task.name, "metric": "images_per_s", "value": st.meter.per_second,
-                    "std": None, "n": st.meter.items, "higher_is_better": True,
+                    "std": None, "n": st.meter.items, "higher_is_better": True, "kind": "throughput",
                     "settings": {
                         "batch_size": settings.batch_size, "device": str(settings.device),
                         "precision": settings.precision, "protocol": f"model calls per batch: {st.meter.protocol}",
@@ -229,6 +286,7 @@ class _TaskState:
         self.items = 0
         self.clamped = 0
         self.values_total = 0
+        self.pred_spread, self.target_spread = Spread(), Spread()
         self.grid_rows: list[list[torch.Tensor]] = []  # columns of (gt, pred, |err|) or (source, sample)
         self._grid_count = 0
 

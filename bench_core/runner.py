@@ -10,6 +10,7 @@ stopped.
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import json
 import os
@@ -19,7 +20,7 @@ import traceback
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from bench_core.api import BenchError, cache_dir, merge_config
 from bench_core.plugins import Registry
@@ -33,11 +34,38 @@ class Cell:
     model: ModelEntry
     dataset: DatasetEntry
     seed: int
+    kind: ClassVar[str] = "model"
+
+    @property
+    def label(self) -> str:
+        """The row label of the cell's model in tables."""
+        return self.model.label
 
     @property
     def id(self) -> str:
         """``model/dataset/seedN``: what ``--only``, ``include`` and ``exclude`` match."""
         return f"{self.model.label}/{self.dataset.label}/seed{self.seed}"
+
+
+@dataclass(frozen=True)
+class BaselineCell:
+    """A baseline (see :mod:`bench_core.baselines`) on one dataset: fitted and evaluated, never trained."""
+
+    baseline: str
+    dataset: DatasetEntry
+    tasks: tuple[str, ...]
+    seed: int = 0
+    kind: ClassVar[str] = "baseline"
+
+    @property
+    def label(self) -> str:
+        """``baseline:<name>``: the row label in tables."""
+        return f"baseline:{self.baseline}"
+
+    @property
+    def id(self) -> str:
+        """``baseline:<name>/<dataset>``."""
+        return f"{self.label}/{self.dataset.label}"
 
 
 class SkipCell(Exception):
@@ -144,21 +172,63 @@ class Runner:
         except BenchError as exc:
             raise BenchError(f"params of config {name!r}: {exc}") from None
 
-    def cell_key(self, cell: Cell) -> str:
-        """A stable key of everything that determines a cell's results (resume identity)."""
+    def cell_key(self, cell: Cell | BaselineCell) -> str:
+        """A stable key of everything that determines a cell's results (resume identity).
+
+        It holds the suite's entries as written, and what they resolve to: the model's
+        merged config and plugin version, the dataset plugin's version and the data's
+        fingerprint, and each metric plugin's version. Editing any of them, or replacing the
+        data under the same root, makes a new cell; the old one is superseded, not mixed in.
+        """
         from bench_core.checkpoints import checkpoint_key
 
-        model_cls = self.registry.get("model", cell.model.plugin).cls
         ds_cls = self.registry.get("dataset", cell.dataset.plugin).cls
-        return checkpoint_key(
-            {
-                "suite": self.suite.name, "model": cell.model.model_dump(mode="json"),
-                "model_version": model_cls.version, "dataset": cell.dataset.model_dump(mode="json"),
-                "dataset_version": ds_cls.version, "seed": cell.seed, "precision": self.suite.precision,
-                "metrics": [m.model_dump(mode="json") for m in self.suite.metrics],
-                "evaluation": self.suite.evaluation.model_dump(mode="json"),
-            }
-        )  # fmt: skip
+        parts: dict[str, Any] = {
+            "suite": self.suite.name, "dataset": cell.dataset.model_dump(mode="json"),
+            "dataset_version": ds_cls.version, "data": self._fingerprint(cell.dataset), "seed": cell.seed,
+            "precision": self.suite.precision,
+            "metrics": [[m.model_dump(mode="json"), self.registry.get("metric", m.plugin).cls.version]
+                        for m in self.suite.metrics],
+            "evaluation": self.suite.evaluation.model_dump(mode="json"),
+        }  # fmt: skip
+        if isinstance(cell, BaselineCell):
+            from bench_core import baselines
+
+            parts.update(baseline=cell.baseline, baseline_version=baselines.VERSION, tasks=list(cell.tasks))
+        else:
+            model_cls = self.registry.get("model", cell.model.plugin).cls
+            parts.update(model=cell.model.model_dump(mode="json"), model_version=model_cls.version,
+                         config=self.model_config(model_cls, cell.model))  # fmt: skip
+        return checkpoint_key(parts)
+
+    def _fingerprint(self, entry: DatasetEntry) -> str:
+        try:
+            return self._dataset(entry)[2]
+        except BenchError:  # the cell fails with this error when it runs; its key must still be stable
+            return "unreadable"
+
+    def baseline_cells(self, cells: list[Cell]) -> list[BaselineCell]:
+        """The baselines of each dataset of ``cells`` that share a task with one of its models."""
+        from bench_core.baselines import BASELINES
+        from bench_core.evaluator import tasks_for
+
+        out = []
+        datasets = {c.dataset.label: c.dataset for c in cells}
+        for label, entry in datasets.items():
+            try:
+                spec = self._dataset(entry)[1]
+            except BenchError:
+                continue  # its cells fail with the reason
+            model_tasks = {
+                t.name
+                for c in cells if c.dataset.label == label
+                for t in tasks_for(frozenset(self.registry.get("model", c.model.plugin).cls.capabilities), spec)
+            }  # fmt: skip
+            for cls in BASELINES:
+                tasks = tuple(t.name for t in tasks_for(cls.capabilities, spec) if t.name in model_tasks)
+                if tasks and cls().incompatibility(spec) is None:
+                    out.append(BaselineCell(cls.name, entry, tasks))
+        return out
 
     # -- running -----------------------------------------------------------------------------
     def run(self, cells: list[Cell]) -> dict[str, int]:
@@ -187,20 +257,29 @@ class Runner:
             self.registry.pm.hook.bench_run_start(suite=self.suite, output_dir=str(self.output_dir))
         summary = {"done": 0, "failed": 0, "skipped": 0, "cached": 0, "busy": 0}
         try:
-            for cell in cells:
+            work = [*self.baseline_cells(cells), *cells]
+            if store is not None:
+                everything = plan(self.suite)
+                current = [self.cell_key(c) for c in [*self.baseline_cells(everything), *everything]]
+                store.record_plan(self.suite.name, run_id, current)
+            for cell in work:
                 key = self.cell_key(cell)
                 claim = None
                 if store is not None:
                     claim = store.claim_cell(
-                        key, run_id, self.suite.name, cell.model.label, cell.dataset.label, cell.seed
+                        key, run_id, self.suite.name, cell.label, cell.dataset.label, cell.seed, cell.kind
                     )
                 claim = ddp.broadcast_object(claim)
                 if claim in ("done", "busy"):
                     summary["cached" if claim == "done" else "busy"] += 1
-                    what = "finished in an earlier run (kept)" if claim == "done" else "run by another process"
-                    self.log(f"{'=' if claim == 'done' else '~'} {cell.id}: {what}")
+                    if claim == "done":
+                        self.log(f"= {cell.id}: finished in an earlier run (kept)")
+                    else:
+                        holder = store.holder(key) if store is not None else "another process"
+                        self.log(f"~ {cell.id}: left undone, run by {holder}")
                     continue
-                status, reason, details, rows = self._run_cell(cell, key, device, env)
+                with store.heartbeat(key) if store is not None else contextlib.nullcontext():
+                    status, reason, details, rows = self._run_cell(cell, key, device, env)
                 ddp.barrier()  # the other ranks wait while rank 0 evaluates
                 summary[status] += 1
                 if store is not None:
@@ -234,13 +313,16 @@ class Runner:
             self._datasets[entry.label] = (dataset, dataset.spec(), dataset.fingerprint())
         return self._datasets[entry.label]
 
-    def _run_cell(self, cell: Cell, key: str, device, env) -> tuple[str, str | None, dict, list[dict]]:
+    def _run_cell(self, cell: Cell | BaselineCell, key: str, device, env) -> tuple[str, str | None, dict, list[dict]]:
         from bench_core import distributed as ddp
         from bench_core.trainer import TrainingDiverged
 
         started = time.time()
         try:
-            rows, details = self._train_and_evaluate(cell, key, device)
+            if isinstance(cell, BaselineCell):
+                rows, details = self._evaluate_baseline(cell, device)
+            else:
+                rows, details = self._train_and_evaluate(cell, key, device)
         except SkipCell as exc:
             return "skipped", str(exc), {}, []
         except TrainingDiverged as exc:  # decided on all ranks at once, so it is safe to record
@@ -340,7 +422,7 @@ class Runner:
                 rows.append(
                     {
                         "task": "train", "metric": f"{stage.name}.peak_memory_mb", "value": report.peak_memory_mb,
-                        "std": None, "n": None, "higher_is_better": False,
+                        "std": None, "n": None, "higher_is_better": False, "kind": "memory",
                         "settings": {"measure": report.memory_measure, "device": str(device),
                                      "batch_size": settings.batch_size or stage.batch_size},
                         "provenance": {"plugin": "engine"},
@@ -351,7 +433,7 @@ class Runner:
                         {
                             "task": "train", "metric": f"{stage.name}.images_per_s",
                             "value": report.images_per_second, "std": None, "n": report.steps,
-                            "higher_is_better": True,
+                            "higher_is_better": True, "kind": "throughput",
                             "settings": {"batch_size": settings.batch_size or stage.batch_size,
                                          "device": str(device), "precision": self.suite.precision,
                                          "protocol": f"per optimiser update: {report.timing_protocol}"},
@@ -408,11 +490,11 @@ class Runner:
         """Evaluate every variant of the suite (weights x temperature); the first is the headline."""
         from bench_core import distributed as ddp
         from bench_core.checkpoints import BEST_WEIGHTS, WEIGHTS, load_weights
-        from bench_core.evaluator import EvalSettings, evaluate
+        from bench_core.evaluator import evaluate
 
         ev = self.suite.evaluation
         cell_dir = self.output_dir / "cells" / _slug(cell.id)
-        metrics = {m.plugin: (self.registry.get("metric", m.plugin).cls, m.options) for m in self.suite.metrics}
+        metrics = self._metrics()
         rows: list[dict] = []
         notes: list[str] = []
         main = ddp.is_main()
@@ -430,13 +512,7 @@ class Runner:
             out_dir = cell_dir if headline else cell_dir / "variants" / variant.label
             outcome = evaluate(
                 model, dataset.split("test"), spec, tasks, metrics,
-                EvalSettings(
-                    device=device, precision=self.suite.precision, batch_size=ev.batch_size,
-                    n_samples=ev.n_samples, temperature=ev.temperature, grid_size=ev.grid_size,
-                    max_items=ev.max_items, save_images=ev.save_images, seed=cell.seed,
-                    model_temperature=variant.temperature, workers=self.suite.workers,
-                ),
-                out_dir,
+                self._eval_settings(device, cell.seed, variant.temperature), out_dir,
             )  # fmt: skip
             if not main:
                 continue
@@ -459,6 +535,46 @@ class Runner:
         details["variants"] = [v.model_dump(mode="json") for v in ev.variants]
         return rows
 
+    def _metrics(self) -> dict[str, tuple[type, dict[str, Any]]]:
+        return {m.plugin: (self.registry.get("metric", m.plugin).cls, m.options) for m in self.suite.metrics}
+
+    def _eval_settings(self, device, seed: int, model_temperature: float | None = None):
+        from bench_core.evaluator import EvalSettings
+
+        ev = self.suite.evaluation
+        return EvalSettings(
+            device=device, precision=self.suite.precision, batch_size=ev.batch_size, n_samples=ev.n_samples,
+            temperature=ev.temperature, grid_size=ev.grid_size, max_items=ev.max_items,
+            save_images=ev.save_images, seed=seed, model_temperature=model_temperature, workers=self.suite.workers,
+        )  # fmt: skip
+
+    def _evaluate_baseline(self, cell: BaselineCell, device) -> tuple[list[dict], dict]:
+        """Fit a baseline on the training split and score it on the test split like a model."""
+        from bench_core import distributed as ddp
+        from bench_core.baselines import BASELINES
+        from bench_core.evaluator import evaluate, tasks_for
+
+        dataset, spec, _ = self._dataset(cell.dataset)
+        baseline = next(cls for cls in BASELINES if cls.name == cell.baseline)()
+        tasks = [t for t in tasks_for(baseline.capabilities, spec) if t.name in cell.tasks]
+        baseline.fit(dataset.split("train"), spec, self.suite.evaluation.batch_size)
+        cell_dir = self.output_dir / "cells" / _slug(cell.id)
+        settings = self._eval_settings(device, cell.seed)
+        outcome = evaluate(baseline, dataset.split("test"), spec, tasks, self._metrics(), settings, cell_dir)
+        if not ddp.is_main():
+            return [], {}
+        rows = [r for r in outcome.rows if r.get("kind", "metric") == "metric"]  # no timings or diagnostics
+        for row in rows:  # metric settings stay the metric's, so they compare with the models' rows
+            row["kind"] = "baseline"
+            row["provenance"] = {**row["provenance"], "baseline": baseline.settings()}
+        cell_dir.mkdir(parents=True, exist_ok=True)
+        (cell_dir / "eval.json").write_text(json.dumps(outcome.per_file, indent=1))
+        details = {
+            "baseline": baseline.settings(), "description": baseline.description, "spec": _spec_dict(spec),
+            "cell_dir": str(cell_dir.relative_to(self.output_dir)), "grids": outcome.grids, "notes": outcome.notes,
+        }  # fmt: skip
+        return rows, details
+
     def _model_metrics(self, model, dataset, batch_size: int, cell: Cell) -> list[dict]:
         """Rows of the model's own ``evaluation_metrics`` (ELBO, codebook usage...), if it has them."""
         extra = getattr(model, "evaluation_metrics", None)
@@ -472,7 +588,7 @@ class Runner:
         plugin = self.registry.get("model", cell.model.plugin).cls.name
         return [
             {"task": "model", "metric": name, "value": float(value), "std": None, "n": None,
-             "higher_is_better": None, "settings": {}, "provenance": {"plugin": plugin}}
+             "higher_is_better": None, "kind": "model", "settings": {}, "provenance": {"plugin": plugin}}
             for name, value in values.items()
         ]  # fmt: skip
 

@@ -8,6 +8,14 @@ per column is marked only among rows whose metric settings agree, so numbers com
 differently are never ranked against each other; rows whose interval overlaps the best's
 are marked as ties. HTML, Markdown and LaTeX all render these same objects with the same
 formatting methods, so the three show the same numbers.
+
+Tables are read against references. Baseline rows (``kind = "baseline"``: the mean
+training image, the input itself, the nearest training item) sit in the table of every
+task they can do, are never ranked, and a model whose interval does not beat the
+``mean-image`` baseline on a ranked metric is flagged "below baseline". Diagnostic rows
+(``kind = "diagnostic"``) are not columns: an ``input_dependence`` under its stored
+threshold flags the model's row as not depending on its input, with the model's own
+``collapsed*`` counts beside it.
 """
 
 from __future__ import annotations
@@ -49,6 +57,7 @@ class Aggregate:
     ci_over: str = ""  # "seeds" | "items" | ""
     tie: bool = False  # not the best, but its interval overlaps the best's
     settings: dict[str, Any] = field(default_factory=dict)
+    below_baseline: bool = False  # its interval does not beat the mean-image baseline
 
     def text(self, digits: int = 4) -> str:
         """``mean ± spread`` with ``digits`` significant digits; ``unavailable`` for a metric that said so."""
@@ -86,6 +95,8 @@ class Table:
     rows: dict[str, dict[str, Aggregate]] = field(default_factory=dict)
     incomparable: list[str] = field(default_factory=list)
     why: dict[str, str] = field(default_factory=dict)  # incomparable metric -> which settings differ, and how
+    baselines: dict[str, dict[str, Aggregate]] = field(default_factory=dict)  # label -> metric -> value
+    flags: dict[str, list[str]] = field(default_factory=dict)  # model -> what a reader must know about its row
 
 
 def fmt_number(x: float, digits: int) -> str:
@@ -112,10 +123,22 @@ def build_tables(results: list[dict[str, Any]], per_item: PerItem | None = None)
     grouped: dict[tuple[str, str], dict[str, dict[str, list[dict]]]] = defaultdict(
         lambda: defaultdict(lambda: defaultdict(list))
     )
+    baselines: dict[tuple[str, str], dict[str, dict[str, list[dict]]]] = defaultdict(
+        lambda: defaultdict(lambda: defaultdict(list))
+    )
+    diagnostics: dict[tuple[str, str, str], list[dict]] = defaultdict(list)
     directions: dict[tuple[str, str, str], bool | None] = {}
     for row in results:
-        grouped[(row["dataset"], row["task"])][row["model"]][row["metric"]].append(row)
-        directions[(row["dataset"], row["task"], row["metric"])] = row["higher_is_better"]
+        kind = row.get("kind", "metric")
+        if kind == "diagnostic":
+            diagnostics[(row["dataset"], row["task"], row["model"])].append(row)
+            continue
+        target = baselines if kind == "baseline" else grouped
+        target[(row["dataset"], row["task"])][_baseline_name(row) if kind == "baseline" else row["model"]][
+            row["metric"]
+        ].append(row)
+        directions.setdefault((row["dataset"], row["task"], row["metric"]), row["higher_is_better"])
+    collapsed = _collapse_notes(grouped)
     tables = []
     for (dataset, task), by_model in sorted(
         grouped.items(), key=lambda kv: (kv[0][0], _TASK_ORDER.get(kv[0][1], 7), kv[0][1])
@@ -124,9 +147,64 @@ def build_tables(results: list[dict[str, Any]], per_item: PerItem | None = None)
         table = Table(dataset, task, [(m, directions[(dataset, task, m)]) for m in names])
         for model, metrics in sorted(by_model.items()):
             table.rows[model] = {m: aggregate(rows, per_item) for m, rows in metrics.items()}
+        for label, metrics in sorted(baselines.get((dataset, task), {}).items()):
+            table.baselines[label] = {m: aggregate(rows, per_item) for m, rows in metrics.items() if m in names}
         _mark_best(table, by_model)
+        for model in table.rows:
+            _flag_row(table, model, diagnostics.get((dataset, task, model), []), collapsed.get((dataset, model)))
         tables.append(table)
     return tables
+
+
+REFERENCE_BASELINE = "mean-image"
+"""The baseline a model must beat: it knows nothing about the input."""
+
+
+def _baseline_name(row: dict[str, Any]) -> str:
+    return row["model"].removeprefix("baseline:")
+
+
+def _collapse_notes(grouped) -> dict[tuple[str, str], str]:
+    """Per (dataset, model): the model's own ``collapsed*`` counts that are above zero, as text."""
+    notes = {}
+    for (dataset, task), by_model in grouped.items():
+        if task != "model":
+            continue
+        for model, metrics in by_model.items():
+            parts = [f"{m} = {rows[0]['value']:g}" for m, rows in sorted(metrics.items())
+                     if m.startswith("collapsed") and rows[0]["value"]]  # fmt: skip
+            if parts:
+                notes[(dataset, model)] = ", ".join(parts)
+    return notes
+
+
+def _beats(agg: Aggregate, reference: Aggregate, higher: bool) -> bool:
+    """Whether ``agg``'s interval (its mean without one) lies entirely on the better side of the reference."""
+    low, high = agg.ci or (agg.mean, agg.mean)
+    return low > reference.mean if higher else high < reference.mean
+
+
+def _flag_row(table: Table, model: str, diagnostics: list[dict], collapsed: str | None) -> None:
+    flags = []
+    reference = table.baselines.get(REFERENCE_BASELINE, {})
+    below = []
+    for metric, higher in table.metrics:
+        agg, ref = table.rows[model].get(metric), reference.get(metric)
+        if higher is None or agg is None or ref is None or agg.sort_value is None or ref.sort_value is None:
+            continue
+        if agg.settings_key == ref.settings_key and not _beats(agg, ref, higher):
+            agg.below_baseline = True
+            below.append(metric)
+    if below:
+        flags.append(f"below the {REFERENCE_BASELINE} baseline on {', '.join(below)}")
+    for row in diagnostics:
+        threshold = row["settings"].get("flag_below")
+        value = row["value"]
+        if row["metric"] == "input_dependence" and threshold is not None and value is not None and value < threshold:
+            where = f"seed {row.get('seed', 0)}" + (f"; {collapsed}" if collapsed else "")
+            flags.append(f"output does not depend on the input (output/target spread {value:.3g}, {where})")
+    if flags:
+        table.flags[model] = flags
 
 
 def aggregate(rows: list[dict[str, Any]], per_item: PerItem | None = None) -> Aggregate:
@@ -208,6 +286,10 @@ def to_markdown(tables: list[Table]) -> str:
         for model, aggs in t.rows.items():
             cells = [_md_cell(aggs.get(m)) for m, _ in t.metrics]
             out.append("| " + " | ".join([_md_escape(model), *cells]) + " |")
+        for name, aggs in t.baselines.items():
+            cells = [_md_cell(aggs.get(m)) for m, _ in t.metrics]
+            out.append("| " + " | ".join([f"*{_md_escape(name)} (baseline)*", *cells]) + " |")
+        out += [f"\n⚑ {_md_escape(model)}: {_md_escape('; '.join(flags))}" for model, flags in t.flags.items()]
         if t.incomparable:
             out.append(f"\nNot ranked (settings differ between rows): {', '.join(t.incomparable)}")
             out += [f"- {m}: {t.why[m]}" for m in t.incomparable]
@@ -217,7 +299,8 @@ def to_markdown(tables: list[Table]) -> str:
 
 _LEGEND = (
     "Values: mean ± σ over seeds († σ over test items, when one seed) [bootstrap 95% CI of the mean]; "
-    "bold: best in column; ≈: interval overlaps the best's."
+    "bold: best in column; ≈: interval overlaps the best's; ▽: does not beat the mean-image baseline; "
+    "baseline rows are never ranked."
 )
 
 
@@ -233,7 +316,13 @@ def to_latex(tables: list[Table]) -> str:
         for model, aggs in t.rows.items():
             cells = [_tex_cell(aggs.get(m)) for m, _ in t.metrics]
             out.append(" & ".join([_tex(model), *cells]) + r" \\")
+        if t.baselines:
+            out.append(r"\midrule")
+        for name, aggs in t.baselines.items():
+            cells = [_tex_cell(aggs.get(m)) for m, _ in t.metrics]
+            out.append(" & ".join([f"\\textit{{{_tex(name)} (baseline)}}", *cells]) + r" \\")
         out.append("\\bottomrule\n\\end{tabular}")
+        out += [f"% flag, {_tex(model)}: {_tex('; '.join(flags))}" for model, flags in t.flags.items()]
         out += [f"% not ranked, {_tex(m)}: {_tex(t.why[m])}" for m in t.incomparable]
         out.append("")
     return "\n".join(out)
@@ -261,7 +350,7 @@ def _md_cell(agg: Aggregate | None) -> str:
         body += "†"
     if agg.ci is not None:
         body += f" {agg.ci_text()}"
-    return body + (" ≈" if agg.tie else "")
+    return body + (" ≈" if agg.tie else "") + (" ▽" if agg.below_baseline else "")
 
 
 _TEX = {
@@ -284,4 +373,4 @@ def _tex_cell(agg: Aggregate | None) -> str:
         body += r"$^\dagger$"
     if agg.ci is not None:
         body += f" {agg.ci_text()}"
-    return body + (r" $\approx$" if agg.tie else "")
+    return body + (r" $\approx$" if agg.tie else "") + (r" $\triangledown$" if agg.below_baseline else "")

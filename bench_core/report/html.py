@@ -46,14 +46,21 @@ class ReportData:
     evals: dict[str, dict[str, Any]] = field(default_factory=dict)  # cell_key -> parsed eval.json
     per_item: dict[tuple[str, str, str], list[float]] = field(default_factory=dict)
     by_cell: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # cell_key -> its result rows
+    superseded: int = 0  # cells of earlier versions of the suite, left out of (or relabelled in) the data
 
 
-def load_report_data(path: str | Path, suite: str | None = None) -> ReportData:
+def load_report_data(path: str | Path, suite: str | None = None, everything: bool = False) -> ReportData:
     """Read runs, results and cells of ``suite`` (default: the latest run's) and the cells' eval.json.
+
+    Only the cells of the suite as it was last run are read: a cell of an earlier version
+    of the suite (other settings, data or code: another cell key) is superseded, counted in
+    ``superseded`` and left out, so tables never mix two versions of a cell as two seeds.
 
     Args:
         path: an output directory holding ``results.sqlite``, or the ``.sqlite`` file itself.
         suite: which suite of the store; a store shared by several suites holds them all.
+        everything: keep superseded cells too, each labelled ``model (superseded, run RUN)``
+            so that they sit in rows of their own.
     """
     path = Path(path)
     output_dir = path.parent if path.suffix == ".sqlite" else path
@@ -65,9 +72,19 @@ def load_report_data(path: str | Path, suite: str | None = None) -> ReportData:
         suite = suite or (all_runs[-1]["suite"] if all_runs else output_dir.name)
         results = store.results(suite)
         cells = store.cells(suite)
+        current = store.plan_keys(suite)
     finally:
         store.close()
+    old = {c["cell_key"]: c["run_id"] for c in cells if current is not None and c["cell_key"] not in current}
+    if everything:
+        for item in [*cells, *results]:
+            if item["cell_key"] in old:
+                item["model"] = f"{item['model']} (superseded, run {old[item['cell_key']]})"
+    else:
+        cells = [c for c in cells if c["cell_key"] not in old]
+        results = [r for r in results if r["cell_key"] not in old]
     data = ReportData(output_dir, suite, [r for r in all_runs if r["suite"] == suite], results, cells)
+    data.superseded = len(old)
     for row in results:
         data.by_cell.setdefault(row["cell_key"], []).append(row)
     for cell in cells:
@@ -149,6 +166,7 @@ def build_report(
     output_dir: str | Path,
     extra_sections: list[dict[str, str]] | None = None,
     benchmarks: Path | None = None,
+    everything: bool = False,
 ) -> Path:
     """Render ``<output_dir>/index.html`` and one page per finished cell from the store; return the index path.
 
@@ -157,9 +175,10 @@ def build_report(
             (their HTML is trusted and inserted as is).
         benchmarks: a pytest-benchmark JSON file; it is copied to ``<output_dir>/benchmarks.json``
             so later rebuilds keep the speed section.
+        everything: show superseded cells too (in rows of their own), see :func:`load_report_data`.
     """
     output_dir = Path(output_dir)
-    data = load_report_data(output_dir)
+    data = load_report_data(output_dir, everything=everything)
     kept = output_dir / BENCHMARKS_NAME
     if benchmarks is not None:
         speed = load_benchmarks(benchmarks)  # validate before replacing an earlier copy
@@ -202,6 +221,7 @@ def build_report(
         sections=extra_sections or [],
         speed=speed,
         cell_title=_cell_title,
+        superseded=0 if everything else data.superseded,
     )
     index = output_dir / "index.html"
     write_atomic(index, page, durable=False)  # rebuilt from the store by every report: no fsync per page
@@ -210,6 +230,8 @@ def build_report(
         if info is None:
             continue
         context = _cell_context(c, data, info["depth"])
+        context["flags"] = [f"{t.task}: {flag}" for t in tables if t.dataset == c["dataset"]
+                            for flag in t.flags.get(c["model"], [])]  # fmt: skip
         html = env.get_template("cell.html").render(
             **common, root="../" * info["depth"], cell=c, provenance_runs=provenance_context(data, c), **context
         )
@@ -470,7 +492,7 @@ def tables_json(tables: list[Table]) -> list[dict[str, Any]]:
             "mean": agg.sort_value, "spread": agg.spread, "spread_over": agg.spread_over, "n_seeds": agg.n_seeds,
             "n_items": agg.n_items, "values": agg.values, "seeds": agg.seeds, "ci95": list(agg.ci) if agg.ci else None,
             "ci_over": agg.ci_over, "best": agg.best, "tie": agg.tie, "settings": agg.settings,
-            "text": agg.text(), "ci_text": agg.ci_text(),
+            "text": agg.text(), "ci_text": agg.ci_text(), "below_baseline": agg.below_baseline,
         }  # fmt: skip
 
     return [
@@ -479,6 +501,8 @@ def tables_json(tables: list[Table]) -> list[dict[str, Any]]:
             "task": t.task,
             "metrics": [{"name": m, "higher_is_better": h} for m, h in t.metrics],
             "rows": {model: {m: cell(a) for m, a in aggs.items()} for model, aggs in t.rows.items()},
+            "baselines": {name: {m: cell(a) for m, a in aggs.items()} for name, aggs in t.baselines.items()},
+            "flags": t.flags,
             "not_ranked": {m: t.why[m] for m in t.incomparable},
         }
         for t in tables

@@ -84,14 +84,18 @@ class _ToySplit(torch.utils.data.Dataset):
 
 
 class ToyAE(nn.Module):
-    """A small conv autoencoder; with `nan_loss: true` its loss is NaN (for failure tests)."""
+    """A small conv autoencoder; with `nan_loss: true` its loss is NaN (for failure tests), with
+    `constant: true` its reconstructions are all zero (for the collapse and baseline flags)."""
 
     name = "toy-ae"
     version = "1.0"
     api_version = API_VERSION
     capabilities = frozenset({RECONSTRUCT, TRANSLATE, SAMPLE})
     dims = frozenset({2})
-    configs = {"small": {"width": 8, "lr": 3e-3, "nan_loss": False, "steps": 30, "sleep": 0.0, "crash_rank": -1}}
+    configs = {
+        "small": {"width": 8, "lr": 3e-3, "nan_loss": False, "steps": 30, "sleep": 0.0, "crash_rank": -1,
+                  "constant": False}
+    }  # fmt: skip
     default_config = "small"
 
     def __init__(self, config, spec: DataSpec):
@@ -110,6 +114,8 @@ class ToyAE(nn.Module):
         return self.dec(self.enc(x))
 
     def reconstruct(self, x, modality, temperature=None):
+        if self.config["constant"]:  # a collapsed model: the same image whatever the input
+            return torch.zeros_like(x)
         # A visible, deterministic effect of temperature for the evaluation-variant tests.
         return self(x) + (0.1 * temperature if temperature is not None else 0.0)
 

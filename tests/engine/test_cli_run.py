@@ -7,11 +7,12 @@ from toy_suites import toy_suite
 
 
 def rows(out_dir):
+    """The models' result rows and cells (baselines have tests of their own)."""
     con = sqlite3.connect(out_dir / "results.sqlite")
     con.row_factory = sqlite3.Row
     try:
-        return [dict(r) for r in con.execute("SELECT * FROM results")], [
-            dict(r) for r in con.execute("SELECT * FROM cells")
+        return [dict(r) for r in con.execute("SELECT * FROM results WHERE kind != 'baseline'")], [
+            dict(r) for r in con.execute("SELECT * FROM cells WHERE kind = 'model'")
         ]
     finally:
         con.close()

@@ -10,7 +10,9 @@ from toy_suites import toy_suite
 def metric_values(out_dir):
     con = sqlite3.connect(out_dir / "results.sqlite")
     try:
-        return {(t, m): v for t, m, v in con.execute("SELECT task, metric, value FROM results")}
+        return {
+            (t, m): v for t, m, v in con.execute("SELECT task, metric, value FROM results WHERE kind != 'baseline'")
+        }
     finally:
         con.close()
 
@@ -26,8 +28,12 @@ def test_two_process_run_matches_one_process(run_bench, write_suite, tmp_path):
     assert two.returncode == 0, two.stdout + two.stderr
     a, b = metric_values(tmp_path / "reports" / "one"), metric_values(tmp_path / "reports" / "two")
     con = sqlite3.connect(tmp_path / "reports" / "two" / "results.sqlite")
-    assert con.execute("SELECT COUNT(*) FROM cells").fetchone() == (1,)  # one row per cell, from rank 0
-    counts = con.execute("SELECT COUNT(*), COUNT(DISTINCT task || metric) FROM results").fetchone()
+    assert con.execute("SELECT COUNT(*) FROM cells WHERE kind = 'model'").fetchone() == (
+        1,
+    )  # one row per cell, from rank 0
+    counts = con.execute(
+        "SELECT COUNT(*), COUNT(DISTINCT task || metric) FROM results WHERE kind != 'baseline'"
+    ).fetchone()
     assert counts[0] == counts[1]
     world = con.execute("SELECT provenance FROM runs").fetchone()[0]
     assert '"world_size": 2' in world
@@ -46,7 +52,9 @@ def test_one_rank_crashing_stops_every_process(run_bench, write_suite, tmp_path)
     left = subprocess.run(["pgrep", "-f", str(path)], capture_output=True, text=True).stdout.split()
     assert left == [], f"processes left behind: {left}"
     con = sqlite3.connect(tmp_path / "reports" / "crash" / "results.sqlite")
-    assert con.execute("SELECT status FROM cells").fetchall() == [("running",)]  # retried on the next run
+    assert con.execute("SELECT status FROM cells WHERE kind = 'model'").fetchall() == [
+        ("running",)
+    ]  # retried on the next run
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="torchrun with gloo is exercised on Linux")

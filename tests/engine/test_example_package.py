@@ -85,13 +85,16 @@ def test_bench_lists_and_runs_the_installed_example(installed, tmp_path):
     con = sqlite3.connect(tmp_path / "out" / "results.sqlite")
     con.row_factory = sqlite3.Row
     try:
-        cells = {(r["model"], r["dataset"]): r["status"] for r in con.execute("SELECT * FROM cells")}
+        cells = {(r["model"], r["dataset"]): r["status"] for r in con.execute("SELECT * FROM cells WHERE kind='model'")}
+        baselines = {(r["model"], r["dataset"]) for r in con.execute("SELECT * FROM cells WHERE kind='baseline'")}
         rows = {
             (r["model"], r["dataset"], r["task"], r["metric"]): dict(r) for r in con.execute("SELECT * FROM results")
         }
     finally:
         con.close()
     assert cells == {("tinyae-tiny", "hipmri-phantom"): "done", ("tinyae-tiny", "shapes2d"): "done"}
+    # A third-party dataset gets the engine's baselines like a built-in one.
+    assert baselines == {("baseline:mean-image", "hipmri-phantom"), ("baseline:mean-image", "shapes2d")}
     for dataset in ("hipmri-phantom", "shapes2d"):
         mae = rows[("tinyae-tiny", dataset, "recon", "mae")]
         psnr = rows[("tinyae-tiny", dataset, "recon", "psnr")]

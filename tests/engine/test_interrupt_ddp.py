@@ -135,22 +135,34 @@ def test_ctrl_c_to_the_job_stops_every_process_and_the_rerun_finishes(bench_env,
     def second_cell_training() -> bool:
         if not db.exists() or not list(checkpoints.glob("*/*train_state.pt")):
             return False
-        return _rows(db, "SELECT seed, status FROM cells ORDER BY seed") == [(0, "done"), (1, "running")]
+        return _rows(db, "SELECT seed, status FROM cells WHERE kind = 'model' ORDER BY seed") == [
+            (0, "done"),
+            (1, "running"),
+        ]
 
     # A terminal sends Ctrl-C's SIGINT to the whole foreground process group.
     _interrupt(_command(suite, "--nproc", "2"), tmp_path, bench_env, second_cell_training,
                lambda pid: os.killpg(pid, signal.SIGINT))  # fmt: skip
 
-    assert _rows(db, "SELECT seed, status FROM cells ORDER BY seed") == [(0, "done"), (1, "running")]
-    written = _rows(db, "SELECT cell_key, task, metric, value, created FROM results ORDER BY 1, 2, 3")
-    assert written and {row[0] for row in written} == {_rows(db, "SELECT cell_key FROM cells WHERE seed = 0")[0][0]}
+    assert _rows(db, "SELECT seed, status FROM cells WHERE kind = 'model' ORDER BY seed") == [
+        (0, "done"),
+        (1, "running"),
+    ]
+    written = _rows(
+        db, "SELECT cell_key, task, metric, value, created FROM results WHERE kind != 'baseline' ORDER BY 1, 2, 3"
+    )
+    assert written and {row[0] for row in written} == {
+        _rows(db, "SELECT cell_key FROM cells WHERE kind = 'model' AND seed = 0")[0][0]
+    }
 
     # The same suite again (one process: quicker here, and the train state does not depend on the world size).
     rerun = subprocess.run(_command(suite), cwd=tmp_path, env=bench_env, capture_output=True, text=True,
                            timeout=RERUN_S)  # fmt: skip
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr
-    assert _rows(db, "SELECT seed, status FROM cells ORDER BY seed") == [(0, "done"), (1, "done")]
-    after = _rows(db, "SELECT cell_key, task, metric, value, created FROM results ORDER BY 1, 2, 3")
+    assert _rows(db, "SELECT seed, status FROM cells WHERE kind = 'model' ORDER BY seed") == [(0, "done"), (1, "done")]
+    after = _rows(
+        db, "SELECT cell_key, task, metric, value, created FROM results WHERE kind != 'baseline' ORDER BY 1, 2, 3"
+    )
     assert set(written) <= set(after)  # seed 0's rows untouched, not rewritten
     # Seed 1's rows, each once; its metrics are seed 0's (throughput rows depend on how many timed
     # batches there were, which differs between the sharded 2-process and the 1-process evaluation).
@@ -173,5 +185,7 @@ def test_sigint_to_the_launcher_alone_stops_every_process(bench_env, write_suite
                lambda: list((out / "checkpoints").glob("*/*train_state.pt")),
                lambda pid: os.kill(pid, signal.SIGINT))  # fmt: skip
 
-    assert _rows(out / "results.sqlite", "SELECT status FROM cells") == [("running",)]  # retried on the next run
+    assert _rows(out / "results.sqlite", "SELECT status FROM cells WHERE kind = 'model'") == [
+        ("running",)
+    ]  # retried on the next run
     assert _rows(out / "results.sqlite", "PRAGMA integrity_check") == [("ok",)]

@@ -28,19 +28,21 @@ def test_sigkill_then_resume(bench_env, write_suite, tmp_path):
     proc.wait(timeout=30)
 
     con = sqlite3.connect(tmp_path / "reports" / "toy" / "results.sqlite")
-    assert con.execute("SELECT status FROM cells").fetchall() == [("running",)]
-    assert con.execute("SELECT COUNT(*) FROM results").fetchone() == (0,)
+    assert con.execute("SELECT status FROM cells WHERE kind = 'model'").fetchall() == [("running",)]
+    assert con.execute("SELECT COUNT(*) FROM results WHERE kind != 'baseline'").fetchone() == (0,)
     con.close()
 
     again = subprocess.run(cmd, cwd=tmp_path, env=bench_env, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stderr
     con = sqlite3.connect(tmp_path / "reports" / "toy" / "results.sqlite")
-    status, details = con.execute("SELECT status, details FROM cells").fetchone()
+    status, details = con.execute("SELECT status, details FROM cells WHERE kind = 'model'").fetchone()
     assert status == "done"
     stage = json.loads(details)["stages"][0]
     assert stage["resumed_from"] >= 10 and stage["resumed_from"] % 10 == 0
     assert stage["steps"] == 120
-    counts = con.execute("SELECT task, metric, COUNT(*) FROM results GROUP BY task, metric").fetchall()
+    counts = con.execute(
+        "SELECT task, metric, COUNT(*) FROM results WHERE kind != 'baseline' GROUP BY task, metric"
+    ).fetchall()
     assert counts and all(n == 1 for _, _, n in counts)
     con.close()
     assert not list(ckpt_root.glob("*/*train_state.pt"))  # resume state removed once weights are final

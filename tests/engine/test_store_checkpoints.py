@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from bench_core.checkpoints import CheckpointError, load_train_state, load_weights, save_weights
-from bench_core.store import ResultsStore
+from bench_core.store import ResultsStore, claimant
 from bench_core.tables import build_tables, to_markdown
 
 
@@ -41,9 +41,10 @@ def test_failed_cell_is_retried_and_old_rows_dropped(tmp_path):
 def test_running_cell_of_dead_process_is_taken_over(tmp_path):
     store = ResultsStore(tmp_path)
     store.claim_cell("k", "r1", "s", "m", "d", 0)
-    store._conn.execute("UPDATE cells SET pid=999999999 WHERE cell_key='k'")  # a pid that does not exist
+    dead = claimant(999999999)  # a pid that does not exist
+    store._conn.execute("UPDATE cells SET pid=999999999, claimant=? WHERE cell_key='k'", (dead,))
     assert store.claim_cell("k", "r2", "s", "m", "d", 0) == "claimed"
-    store._conn.execute("UPDATE cells SET pid=1 WHERE cell_key='k'")  # a live process (init)
+    store._conn.execute("UPDATE cells SET pid=1, claimant=? WHERE cell_key='k'", (claimant(1),))  # init: alive
     assert store.claim_cell("k", "r3", "s", "m", "d", 0) == "busy"
     store.close()
 
@@ -71,7 +72,9 @@ def test_two_processes_share_a_store_without_duplicates(tmp_path):
         p.join(timeout=60)
     assert sorted(claimed[0] + claimed[1]) == sorted(f"cell{i}" for i in range(40))
     con = sqlite3.connect(tmp_path / "results.sqlite")
-    assert con.execute("SELECT COUNT(*), COUNT(DISTINCT cell_key) FROM results").fetchone() == (40, 40)
+    assert con.execute(
+        "SELECT COUNT(*), COUNT(DISTINCT cell_key) FROM results WHERE kind != 'baseline'"
+    ).fetchone() == (40, 40)
 
 
 def test_checkpoint_round_trip_and_errors(tmp_path):

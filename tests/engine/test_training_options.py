@@ -259,11 +259,16 @@ def test_suite_validation_and_variants(run_bench, write_suite, tmp_path):
     done = run_bench("run", str(write_suite(suite)), "--no-progress")
     assert done.returncode == 0, done.stdout + done.stderr
     db = sqlite3.connect(tmp_path / "reports" / "toy" / "results.sqlite")
-    rows = {(t, m): v for t, m, v in db.execute("SELECT task, metric, value FROM results WHERE metric='toy-mae'")}
+    rows = {
+        (t, m): v
+        for t, m, v in db.execute(
+            "SELECT task, metric, value FROM results WHERE kind != 'baseline' AND metric='toy-mae'"
+        )
+    }
     assert {"recon", "recon@latest-t0", "recon@latest-t2"} <= {t for t, _ in rows}
     # The toy model adds 0.1 * t to its reconstruction (0.1 on the [0, 1] scale at t = 2): visibly worse.
     assert rows[("recon@latest-t2", "toy-mae")] > rows[("recon@latest-t0", "toy-mae")] + 0.02
-    (details,) = [json.loads(d) for (d,) in db.execute("SELECT details FROM cells")]
+    (details,) = [json.loads(d) for (d,) in db.execute("SELECT details FROM cells WHERE kind = 'model'")]
     curve = details["stages"][0]["curve"]
     assert [p["step"] for p in curve if "val_recon_toy-mae" in p] == [4, 8, 12]
     ckpts = list((tmp_path / "reports" / "toy" / "checkpoints").glob("*/best.safetensors"))
