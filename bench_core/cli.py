@@ -113,6 +113,14 @@ def cmd_report(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from bench_core.doctor import diagnose
+
+    diagnosis = diagnose(Path(args.output_dir), repair=args.repair)
+    print(diagnosis.format())
+    return diagnosis.exit_code
+
+
 def cmd_compare(args: argparse.Namespace) -> int:
     from bench_core.report.compare import compare
 
@@ -204,6 +212,22 @@ def build_parser() -> argparse.ArgumentParser:
         help="pytest-benchmark JSON (--benchmark-json) shown as the report's speed section",
     )  # fmt: skip
     report.set_defaults(func=cmd_report)
+
+    doctor = sub.add_parser(
+        "doctor", help="check an output directory for damaged files; --repair rebuilds what needs no retraining",
+        description="Check the results store, checkpoint weights, training states and eval files of an output "
+        "directory; print one line per damaged file and what to do. Run it while no `bench run` writes there.",
+        epilog="exit status: 0 nothing damaged (with --repair: everything found was repaired), "
+        "1 damaged files found and left as they are, 2 not an output directory",
+    )  # fmt: skip
+    doctor.add_argument("output_dir", help="output directory holding results.sqlite, checkpoints/ and cells/")
+    doctor.add_argument(
+        "--repair", action="store_true",
+        help="move damaged files aside (NAME.damaged-TIMESTAMP, never deleted), copy the store's readable rows "
+        "into a fresh store and mark the cells to re-evaluate; the next `bench run` then re-evaluates them "
+        "from their checkpoints, retraining only cells whose weights were damaged",
+    )  # fmt: skip
+    doctor.set_defaults(func=cmd_doctor)
 
     cmp = sub.add_parser("compare", help="compare two runs: A, B, delta and whether it exceeds the seed spread")
     cmp.add_argument("a", help="output dir or results.sqlite of run A; DIR::SUITE picks one suite of a shared store")
