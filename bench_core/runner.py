@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from bench_core.api import BenchError, cache_dir, merge_config
+from bench_core.fileio import remove_stale_temporaries, write_atomic
 from bench_core.plugins import Registry
 from bench_core.suite import DatasetEntry, ModelEntry, Suite
 
@@ -94,6 +95,7 @@ def embedded_root(cls: type, n: int, seed: int) -> Path:
     root = cache_dir() / "embedded" / f"{cls.name}-v{cls.version}-n{n}-seed{seed}"
     if (root / ".complete").exists():
         return root
+    remove_stale_temporaries(root.parent)  # leftovers of syntheses killed before their rename
     tmp = root.with_name(f".{root.name}.{os.getpid()}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -128,38 +130,73 @@ class Runner:
 
     # -- checks before any work --------------------------------------------------------------
     def preflight(self, cells: list[Cell]) -> None:
-        """Resolve every plugin, config and data folder; fail before any work, naming each problem."""
+        """Check everything that can be checked before any work; fail naming each problem.
+
+        Plugins, configs and params, data folders, dataset and metric options (unknown keys
+        with the nearest known one), the splits a cell needs (empty or missing), validation's
+        val split, and each model built from its config on its dataset's spec on the meta
+        device (no memory, no weights), so an impossible config fails here, not after training.
+        """
         from bench_core.suite import unmet_requirements
 
         problems = [f"requires: {p}" for p in unmet_requirements(self.suite.requires)]
+        models_ok = {}
         for entry in {c.model.label: c.model for c in cells}.values():
             try:
                 cls = self.registry.get("model", entry.plugin).cls
-                self.model_config(cls, entry)
+                models_ok[entry.label] = (cls, self.model_config(cls, entry))
             except BenchError as exc:
                 problems.append(f"models[{entry.label}]: {exc}")
             if entry.load is not None and not entry.load.exists():
                 problems.append(f"models[{entry.label}].load: checkpoint file not found: {entry.load}")
+        specs = {}
         for entry in {c.dataset.label: c.dataset for c in cells}.values():
-            try:
-                cls = self.registry.get("dataset", entry.plugin).cls
-            except BenchError as exc:
-                problems.append(f"datasets[{entry.label}]: {exc}")
-                continue
-            if not entry.is_embedded and not Path(entry.root).is_dir():
-                hint = getattr(cls, "obtain", "")
-                problems.append(
-                    f"datasets[{entry.label}].root: data folder {entry.root!r} does not exist"
-                    + (f"; {hint}" if hint else "")
-                )
+            problem = self._dataset_problem(entry, [c for c in cells if c.dataset.label == entry.label])
+            if problem:
+                problems.append(f"datasets[{entry.label}]{problem}")
+            else:
+                specs[entry.label] = self._dataset(entry)[1]
         for entry in self.suite.metrics:
             try:
-                self.registry.get("metric", entry.plugin)
+                cls = self.registry.get("metric", entry.plugin).cls
             except BenchError as exc:
                 problems.append(f"metrics[{entry.plugin}]: {exc}")
+                continue
+            if problem := unknown_options(cls, entry.options, exclude=("data_range", "dims")):
+                problems.append(f"metrics[{entry.plugin}].options: {problem}")
+        pairs = {(c.model.label, c.dataset.label) for c in cells}
+        for model, dataset in sorted(p for p in pairs if p[0] in models_ok and p[1] in specs):
+            if problem := _build_problem(*models_ok[model], specs[dataset]):
+                problems.append(f"models[{model}] on {dataset}: {problem}")
         if problems:
             where = self.suite.source_path or self.suite.name
-            raise BenchError(f"{where}: cannot run this suite:\n" + "\n".join(f"  {p}" for p in problems))
+            unique = list(dict.fromkeys(problems))
+            raise BenchError(f"{where}: cannot run this suite:\n" + "\n".join(f"  {p}" for p in unique))
+
+    def _dataset_problem(self, entry: DatasetEntry, cells: list[Cell]) -> str | None:
+        """What stops ``entry`` from serving ``cells`` (``.key: message``), or ``None``."""
+        try:
+            cls = self.registry.get("dataset", entry.plugin).cls
+        except BenchError as exc:
+            return f": {exc}"
+        if not entry.is_embedded and not Path(entry.root).is_dir():
+            hint = getattr(cls, "obtain", "")
+            return f".root: data folder {entry.root!r} does not exist" + (f"; {hint}" if hint else "")
+        if problem := unknown_options(cls, entry.options, exclude=("root",)):
+            return f".options: {problem}"
+        try:
+            spec = self._dataset(entry)[1]
+        except BenchError as exc:
+            return f": {exc}"
+        needed = {"test": "evaluation"}
+        if any(c.model.load is None for c in cells):
+            needed["train"] = "training"
+        if self.suite.validation is not None:
+            needed["val"] = "validation:"
+        empty = [f"{split} (needed by {why})" for split, why in needed.items() if not spec.split_sizes.get(split)]
+        if empty and spec.split_sizes:
+            return f": empty or missing split {', '.join(empty)} under {entry.root}"
+        return None
 
     @staticmethod
     def model_config(cls: type, entry: ModelEntry) -> dict[str, Any]:
@@ -253,7 +290,7 @@ class Runner:
             store = ResultsStore(self.output_dir)
             store.start_run(run_id, self.suite.name, self.suite.source_hash, self.argv, env)
             source = self.suite.source_path
-            (self.output_dir / "suite.yaml").write_text(source.read_text() if source else "")
+            write_atomic(self.output_dir / "suite.yaml", source.read_text() if source else "")
             self.registry.pm.hook.bench_run_start(suite=self.suite, output_dir=str(self.output_dir))
         summary = {"done": 0, "failed": 0, "skipped": 0, "cached": 0, "busy": 0}
         try:
@@ -522,7 +559,7 @@ class Runner:
                 row["provenance"] = {**row.get("provenance", {}), "variant": variant.model_dump(mode="json")}
             rows += outcome.rows
             out_dir.mkdir(parents=True, exist_ok=True)
-            (out_dir / "eval.json").write_text(json.dumps(outcome.per_file, indent=1))
+            write_atomic(out_dir / "eval.json", json.dumps(outcome.per_file, indent=1))
             notes += [n if headline else f"{variant.label}: {n}" for n in outcome.notes]
             if headline:
                 rows += self._model_metrics(model, dataset, ev.batch_size, cell)
@@ -568,7 +605,7 @@ class Runner:
             row["kind"] = "baseline"
             row["provenance"] = {**row["provenance"], "baseline": baseline.settings()}
         cell_dir.mkdir(parents=True, exist_ok=True)
-        (cell_dir / "eval.json").write_text(json.dumps(outcome.per_file, indent=1))
+        write_atomic(cell_dir / "eval.json", json.dumps(outcome.per_file, indent=1))
         details = {
             "baseline": baseline.settings(), "description": baseline.description, "spec": _spec_dict(spec),
             "cell_dir": str(cell_dir.relative_to(self.output_dir)), "grids": outcome.grids, "notes": outcome.notes,
@@ -591,6 +628,41 @@ class Runner:
              "higher_is_better": None, "kind": "model", "settings": {}, "provenance": {"plugin": plugin}}
             for name, value in values.items()
         ]  # fmt: skip
+
+
+def unknown_options(cls: type, options: dict[str, Any], exclude: tuple[str, ...] = ()) -> str | None:
+    """Which keys of ``options`` ``cls(...)`` does not take, with the nearest known one; ``None`` if all are known."""
+    import difflib
+    import inspect
+
+    params = inspect.signature(cls).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return None  # takes anything: the plugin checks its own options
+    known = [n for n, p in params.items() if n not in exclude and p.kind is not inspect.Parameter.VAR_POSITIONAL]
+    bad = [k for k in options if k not in known]
+    if not bad:
+        return None
+    hints = [f"{k!r}" + (f" (did you mean {m[0]!r}?)" if (m := difflib.get_close_matches(k, known, n=1)) else "")
+             for k in bad]  # fmt: skip
+    return f"unknown option {', '.join(hints)}; {cls.name} takes: {', '.join(known) or 'no options'}"
+
+
+def _build_problem(cls: type, config: dict[str, Any], spec) -> str | None:
+    """Why ``cls(config, spec)`` cannot be built, tried on the meta device; ``None`` when it can."""
+    import torch
+
+    if spec.dims not in cls.dims or cls.incompatibility(spec):
+        return None  # recorded as skipped when it runs
+    try:
+        with torch.device("meta"):
+            cls(config, spec)
+    except BenchError as exc:
+        return str(exc)
+    except Exception as exc:  # a plugin's own checks may raise anything; the message is what counts
+        if "meta" in str(exc).lower():
+            return None  # the model reads tensor values while it builds: only the real run can tell
+        return f"{type(exc).__name__}: {exc}"
+    return None
 
 
 def _spec_dict(spec) -> dict[str, Any]:

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from bench_core.api import BenchError
+from bench_core.fileio import pid_alive
 
 SCHEMA_VERSION = 3  # 2: results.ci_low / ci_high; 3: results.kind, cells.kind, claim identity, plans
 STORE_NAME = "results.sqlite"
@@ -99,18 +100,6 @@ def claimant(pid: int | None = None) -> str:
     return f"{_host()}|{_boot_id()}|{pid}|{_process_start(pid)}"
 
 
-def _pid_alive(pid: int | None) -> bool:
-    if not pid:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def claim_is_live(row: sqlite3.Row | dict[str, Any], now: float | None = None) -> bool:
     """Whether the process that claimed a running cell can still be running it.
 
@@ -120,14 +109,14 @@ def claim_is_live(row: sqlite3.Row | dict[str, Any], now: float | None = None) -
     """
     token = row["claimant"]
     if not token:  # claimed by a store before schema 3: pid and host only
-        return row["host"] != _host() or _pid_alive(row["pid"])
+        return row["host"] != _host() or bool(row["pid"]) and pid_alive(row["pid"])
     host, boot, pid, start = token.split("|")
     if host != _host():
         beat = row["heartbeat"] or row["started"] or 0.0
         return (now or time.time()) - beat < STALE_AFTER_S
     if boot != _boot_id():
         return False
-    return _process_start(int(pid)) == start if start else _pid_alive(int(pid))
+    return _process_start(int(pid)) == start if start else pid_alive(int(pid))
 
 
 class StoreDamaged(BenchError):
@@ -387,6 +376,7 @@ class ResultsStore:
                 (suite, run_id, json.dumps(sorted(set(cell_keys))), time.time()),
             )
 
+    @_guarded
     def plan_keys(self, suite: str) -> set[str] | None:
         """The cell keys of ``suite``'s latest plan, or ``None`` for a store written before plans were kept."""
         row = self._conn.execute("SELECT cell_keys FROM plans WHERE suite=?", (suite,)).fetchone()

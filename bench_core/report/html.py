@@ -94,7 +94,7 @@ def load_report_data(path: str | Path, suite: str | None = None, everything: boo
             continue
         try:
             parsed = json.loads(eval_path.read_text())
-            problem = _eval_problem(parsed)
+            problem = eval_json_problem(parsed)
         except (OSError, ValueError) as exc:  # ValueError: bad JSON or bad UTF-8
             problem = str(exc)
         if problem:  # a damaged eval.json costs the per-item intervals and galleries, not the report
@@ -110,7 +110,7 @@ def load_report_data(path: str | Path, suite: str | None = None, everything: boo
     return data
 
 
-def _eval_problem(parsed: Any) -> str | None:
+def eval_json_problem(parsed: Any) -> str | None:
     """Why ``parsed`` is not shaped like an eval.json (``{task: {metric: {"per_file": {id: number}}}}``), or None."""
     if not isinstance(parsed, dict):
         return f"a JSON {type(parsed).__name__}, expected an object of tasks"
