@@ -98,8 +98,24 @@ def cmd_plugins(args: argparse.Namespace) -> int:
 
 
 def _report_sections(registry, output_dir: Path) -> list[dict[str, str]]:
-    groups = registry.pm.hook.bench_report_sections(store_path=str(output_dir))
-    return [section for group in groups for section in group]
+    """Plugins' report sections, then one listing the plugin hooks that failed (if any did)."""
+    import html
+
+    groups = registry.notify("bench_report_sections", validate=_sections_problem, store_path=str(output_dir))
+    sections = [section for group in groups for section in group]
+    if registry.observer_errors:  # the report says which plugins' observations it lacks
+        items = "".join(f"<li>{html.escape(error)}</li>" for error in registry.observer_errors)
+        sections.append({"title": "Plugin hooks that failed", "html": f"<ul>{items}</ul>"})
+    return sections
+
+
+def _sections_problem(group: object) -> str | None:
+    """Why one plugin's ``bench_report_sections`` result cannot be rendered, or ``None``."""
+    if isinstance(group, (list, tuple)) and all(
+        isinstance(s, dict) and isinstance(s.get("title"), str) and isinstance(s.get("html"), str) for s in group
+    ):
+        return None
+    return f"bench_report_sections() returned {group!r:.80}, not a list of {{'title': str, 'html': str}} dicts"
 
 
 def cmd_report(args: argparse.Namespace) -> int:

@@ -2,7 +2,10 @@
 
 A plugin module (named by an entry point in the ``bench`` group) implements any of these
 with :data:`bench_core.hookimpl`. The registry hooks return classes; they must not mutate
-global state. Lifecycle hooks observe a run and may add report sections.
+global state. Lifecycle hooks observe a run and may add report sections; the engine calls
+them one plugin at a time (:meth:`bench_core.plugins.Registry.notify`), so an implementation
+that raises is reported once, listed in the report and not called again in that process,
+while the run and the other plugins go on.
 """
 
 from __future__ import annotations

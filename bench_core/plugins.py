@@ -2,18 +2,23 @@
 
 Plugins are modules named by entry points in the ``bench`` group; built-in plugins are
 registered the same way in this project's pyproject.toml. Each entry point is imported
-on its own so one broken plugin is recorded with its error instead of breaking the CLI.
+on its own so one broken plugin is recorded with its error instead of breaking the CLI;
+lifecycle (observer) hooks are called one plugin at a time through :meth:`Registry.notify`
+so one raising observer is reported and disabled instead of stopping a run or a report.
 """
 
 from __future__ import annotations
 
+import functools
 import importlib
+import logging
 import os
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import metadata
 from types import ModuleType
-from typing import Any
+from typing import Any, TypeVar
 
 import pluggy
 
@@ -28,6 +33,12 @@ _REQUIRED_ATTRS = {
     "dataset": ("name", "version", "api_version"),
     "metric": ("name", "version", "api_version", "higher_is_better", "kind", "dims"),
 }
+_STOP_LOADING = (
+    "Fix the plugin, or stop loading it: uninstall its distribution, or set BENCH_DISABLE_PLUGIN_AUTOLOAD=1 "
+    "and name the plugins you need with -p"
+)
+logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 @dataclass
@@ -62,13 +73,18 @@ class Registered:
 
 
 class Registry:
-    """Loaded plugins: entry-point sources, classes by kind and name, and the hook caller."""
+    """Loaded plugins: entry-point sources, classes by kind and name, and the hook caller.
+
+    Call lifecycle hooks through :meth:`notify`, not ``pm.hook``: ``observer_errors``
+    then lists every observer that failed (once each), for the report to show.
+    """
 
     def __init__(self, pm: pluggy.PluginManager, sources: list[PluginSource]):
         self.pm = pm
         self.sources = sources
         self._by_kind: dict[str, dict[str, list[Registered]]] = {k: {} for k in KINDS}
-        self.errors: list[str] = []
+        self.observer_errors: list[str] = []
+        self._disabled: set[tuple[str, str]] = set()  # (plugin name, hook name)
         for kind in KINDS:
             self._collect(kind)
 
@@ -76,11 +92,14 @@ class Registry:
         hook = getattr(self.pm.hook, _HOOK_OF_KIND[kind])
         for impl in hook.get_hookimpls():
             source = self._source_of(impl.plugin)
-            try:
-                classes = impl.function() or []
-            except Exception as exc:  # a plugin hook that raises is recorded, not fatal
-                source.error = f"{_HOOK_OF_KIND[kind]}() raised {type(exc).__name__}: {exc}"
+            classes, exc = _guarded(impl.function)
+            if exc is not None:  # a registration hook that raises is recorded, not fatal
+                source.error = _short_error(exc, f"calling {_HOOK_OF_KIND[kind]}()")
                 continue
+            if not isinstance(classes, (list, tuple, type(None))):
+                source.error = f"{_HOOK_OF_KIND[kind]}() returned {type(classes).__name__}, not a list of classes"
+                continue
+            classes = classes or []
             if os.environ.get("BENCH_TRACE_PLUGINS"):
                 # Registry hooks are called per implementation (to know who provided what), so
                 # pluggy's own tracer does not see them: trace them here in the same style.
@@ -103,6 +122,45 @@ class Registry:
         source = PluginSource(name or repr(plugin), getattr(plugin, "__name__", repr(plugin)), "(direct)", "")
         self.sources.append(source)
         return source
+
+    def notify(self, hook_name: str, validate: Callable[[Any], str | None] | None = None, **kwargs: Any) -> list[Any]:
+        """Call the lifecycle hook ``hook_name`` with ``kwargs`` on each plugin separately.
+
+        A plugin whose implementation raises (``SystemExit`` included; Ctrl-C still stops
+        the process), or whose result ``validate`` rejects with a message, is reported
+        once (a warning and an entry in :attr:`observer_errors`) and not called for this
+        hook again; the other plugins are called as usual.
+
+        Returns:
+            The non-``None`` results of the plugins that succeeded, in pluggy's call order.
+        """
+        hook = getattr(self.pm.hook, hook_name)
+        impls = hook.get_hookimpls()
+        plugins = list(dict.fromkeys(impl.plugin for impl in reversed(impls)))  # pluggy calls the last first
+        results: list[Any] = []
+        for plugin in plugins:
+            key = (self.pm.get_name(plugin), hook_name)
+            if key in self._disabled:
+                continue
+            # A caller for this plugin alone keeps pluggy's argument checks, wrappers and tracing.
+            alone = self.pm.subset_hook_caller(hook_name, remove_plugins=[p for p in plugins if p is not plugin])
+            got, exc = _guarded(alone, **kwargs)
+            if exc is not None:
+                problems = [_short_error(exc, f"calling {hook_name}()")]
+            else:
+                problems = [p for p in map(validate, got) if p] if validate else []
+            if not problems:
+                results.extend(got)
+                continue
+            self._disabled.add(key)
+            source = self._source_of(plugin)
+            message = (
+                f"plugin {source.key} ({source.value}): {problems[0]}; it is not called for {hook_name} again "
+                f"in this process. {_STOP_LOADING}"
+            )
+            self.observer_errors.append(message)
+            logger.warning("warning: %s", message)
+        return results
 
     def names(self, kind: str) -> list[str]:
         """Sorted names of the loaded plugins of ``kind``."""
@@ -196,23 +254,40 @@ def load_registry(only: list[str] | None = None, extra_modules: list[ModuleType]
         if pm.get_plugin(source.key) is not None:  # the same distribution seen twice on sys.path
             source.error = f"{source.key} is installed twice; the first copy found is used"
             continue
-        try:
-            pm.register(ep.load(), name=source.key)
-        except Exception as exc:
-            source.error = _short_error(exc)
+        _register(pm, source, ep.load)
     for module_path in wanted:  # `-p some.module` for a plugin without an entry point
         source = PluginSource(module_path, module_path, "(-p)", "")
         sources.append(source)
-        try:
-            pm.register(importlib.import_module(module_path), name=source.key)
-        except Exception as exc:
-            source.error = _short_error(exc)
+        _register(pm, source, functools.partial(importlib.import_module, module_path))
     for module in extra_modules or []:
         pm.register(module, name=module.__name__)
     return Registry(pm, sources)
 
 
-def _short_error(exc: BaseException) -> str:
+def _register(pm: pluggy.PluginManager, source: PluginSource, load: Callable[[], Any]) -> None:
+    """Import a plugin module with ``load`` and register it; a failure is recorded on ``source``."""
+    _, exc = _guarded(lambda: pm.register(load(), name=source.key))
+    if exc is not None:
+        source.error = _short_error(exc, "importing")
+
+
+def _guarded(call: Callable[..., T], *args: Any, **kwargs: Any) -> tuple[T | None, BaseException | None]:
+    """Run plugin code: ``(result, None)``, or ``(None, exception)`` for anything it raises but Ctrl-C.
+
+    ``SystemExit`` (a plugin calling ``sys.exit()``) and other ``BaseException`` subclasses are
+    caught too: a plugin must not end the process, and ``except Exception`` lets them through.
+    """
+    try:
+        return call(*args, **kwargs), None
+    except KeyboardInterrupt:
+        raise
+    except BaseException as exc:
+        return None, exc
+
+
+def _short_error(exc: BaseException, during: str) -> str:
+    """One line: what was raised, while doing what, and where (the innermost frame)."""
     frames = traceback.extract_tb(exc.__traceback__)
     where = f" ({frames[-1].filename}:{frames[-1].lineno})" if frames else ""
-    return f"{type(exc).__name__}: {exc}{where}"
+    what = f"called sys.exit({exc.code!r})" if isinstance(exc, SystemExit) else f"{type(exc).__name__}: {exc}"
+    return f"{what} while {during}{where}"
