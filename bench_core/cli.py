@@ -292,6 +292,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``bench`` console script."""
+    from bench_core.provenance import choose_thread_settings
+
+    choose_thread_settings()  # before anything imports torch: OpenMP reads its settings once
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.version:

@@ -24,6 +24,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from bench_core.provenance import set_by, usable_cores
+
 
 def world_size() -> int:
     """Number of processes of this run (1 without torchrun)."""
@@ -160,6 +162,9 @@ def launch(nproc: int, argv: list[str]) -> int:
     """
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
     cmd += ["-m", "bench_core", *argv]
+    env = dict(os.environ)
+    if set_by("OMP_NUM_THREADS") == "engine":  # the engine's count was for one process: share the cores
+        env["OMP_NUM_THREADS"] = str(max(1, usable_cores() // nproc))
     forwarder = _Forwarder()
     previous = {sig: signal.signal(sig, forwarder) for sig in FORWARDED_SIGNALS}
     try:
@@ -167,7 +172,7 @@ def launch(nproc: int, argv: list[str]) -> int:
         # In the launcher's process group a terminal's Ctrl-C reached it as well, and a SIGINT sent
         # to the launcher alone did not reach it at all; subprocess.call then SIGKILLed it 0.25 s
         # after KeyboardInterrupt, before it had stopped its workers, which kept training (issue #7).
-        forwarder.proc = subprocess.Popen(cmd, start_new_session=True)
+        forwarder.proc = subprocess.Popen(cmd, env=env, start_new_session=True)
         if forwarder.missed:
             forwarder.proc.send_signal(forwarder.received[0])
         code = forwarder.proc.wait()  # the handler runs during the wait; PEP 475 resumes it
