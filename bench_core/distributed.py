@@ -162,7 +162,10 @@ def launch(nproc: int, argv: list[str]) -> int:
     """
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
     cmd += ["-m", "bench_core", *argv]
-    env = dict(os.environ)
+    # `python -m` puts the working directory first on sys.path, so a torch.py (or bench_core/) there
+    # would run in torchrun and in every worker; PYTHONSAFEPATH (Python 3.11+) leaves it out, and
+    # torchrun passes its environment on to the workers (issue #14).
+    env = {**os.environ, "PYTHONSAFEPATH": "1"}
     if set_by("OMP_NUM_THREADS") == "engine":  # the engine's count was for one process: share the cores
         env["OMP_NUM_THREADS"] = str(max(1, usable_cores() // nproc))
     forwarder = _Forwarder()

@@ -9,6 +9,7 @@ import html
 import json
 import os
 import sqlite3
+import sys
 import textwrap
 import types
 
@@ -19,6 +20,7 @@ from toy_suites import toy_suite
 from bench_core import hookimpl
 from bench_core.cli import main
 from bench_core.plugins import load_registry
+from bench_core.provenance import usable_cores
 
 # A small run: one cell, few steps, one paired metric, few test items.
 SMALL = {
@@ -195,3 +197,32 @@ def test_raising_or_malformed_report_sections_hook_does_not_stop_report(hostile_
     assert "Plugin hooks that failed" in page
     assert "plugin (-p):bad_sections (bad_sections): OSError: plot server unreachable while calling" in page
     assert "plugin (-p):odd_sections (odd_sections): bench_report_sections() returned {'title': 'not in" in page
+
+
+# -- a hostile file in the working folder --------------------------------------------------------
+@pytest.mark.skipif(sys.platform != "linux", reason="torchrun with gloo is exercised on Linux")
+def test_nproc_launch_ignores_hostile_torch_py_in_cwd(bench_env, write_suite, tmp_path):
+    import subprocess
+
+    marker = tmp_path / "hostile_torch_ran"
+    (tmp_path / "torch.py").write_text(
+        f"import sys\nopen({str(marker)!r}, 'a').write(' '.join(sys.argv) + '\\n')\nsys.exit(7)\n"
+    )
+    # The engine chooses the threads: each of the 2 workers gets its share of the cores.
+    env = {k: v for k, v in bench_env.items() if k not in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY")}
+    env.pop("BENCH_THREADS_SET_BY_ENGINE", None)
+    suite = write_suite(toy_suite(**SMALL))
+    # `-P` stands in for the `bench` console script, whose sys.path[0] is its bin folder, not the
+    # working directory: what is under test is what `--nproc` launches (torchrun and its workers).
+    cmd = [sys.executable, "-P", "-m", "bench_core", "-p", "fakeplugins", "run", str(suite), "--nproc", "2"]
+    result = subprocess.run(
+        [*cmd, "--no-report"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert not marker.exists(), f"the working folder's torch.py ran: {marker.read_text()}"
+    assert result.returncode == 0, result.stdout + result.stderr
+    out_dir = tmp_path / "reports" / "toy"
+    assert stored_rows(out_dir) > 0
+    env_record = json.loads(query(out_dir, "SELECT provenance FROM runs")[0][0])
+    assert env_record["world_size"] == 2
+    assert (env_record["torch_threads"], env_record["torch_threads_set_by"]) == (max(1, usable_cores() // 2), "engine")
+    assert (env_record["omp_wait_policy"], env_record["omp_wait_policy_set_by"]) == ("PASSIVE", "engine")
