@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 EXIT_OK, EXIT_FAILED_CELLS, EXIT_ERROR, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_LEFT_UNDONE = 75  # sysexits' EX_TEMPFAIL: cells another live process runs were left to it; run again later
 
 
 def _registry(args: argparse.Namespace):
@@ -77,7 +78,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         path = build_report(runner.output_dir, _report_sections(registry, runner.output_dir))
         print(f"report: {path}")
     print(", ".join(f"{v} {k}" for k, v in summary.items() if v))
-    return EXIT_FAILED_CELLS if summary["failed"] else EXIT_OK
+    if summary["failed"]:
+        return EXIT_FAILED_CELLS
+    return EXIT_LEFT_UNDONE if summary["busy"] else EXIT_OK
 
 
 def cmd_plugins(args: argparse.Namespace) -> int:
@@ -125,7 +128,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         print(f"error: no results store (results.sqlite) in {args.output_dir}", file=sys.stderr)
         return EXIT_ERROR
     sections = _report_sections(_registry(args), Path(args.output_dir))
-    print(f"report: {build_report(args.output_dir, sections, benchmarks=args.benchmarks)}")
+    print(f"report: {build_report(args.output_dir, sections, benchmarks=args.benchmarks, everything=args.all)}")
     return EXIT_OK
 
 
@@ -226,6 +229,10 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument(
         "--benchmarks", type=Path, metavar="FILE",
         help="pytest-benchmark JSON (--benchmark-json) shown as the report's speed section",
+    )  # fmt: skip
+    report.add_argument(
+        "--all", action="store_true",
+        help="also show cells of earlier versions of the suite (superseded), in rows of their own",
     )  # fmt: skip
     report.set_defaults(func=cmd_report)
 

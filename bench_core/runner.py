@@ -291,7 +291,7 @@ class Runner:
             store.start_run(run_id, self.suite.name, self.suite.source_hash, self.argv, env)
             source = self.suite.source_path
             write_atomic(self.output_dir / "suite.yaml", source.read_text() if source else "")
-            self.registry.pm.hook.bench_run_start(suite=self.suite, output_dir=str(self.output_dir))
+            self.registry.notify("bench_run_start", suite=self.suite, output_dir=str(self.output_dir))
         summary = {"done": 0, "failed": 0, "skipped": 0, "cached": 0, "busy": 0}
         try:
             work = [*self.baseline_cells(cells), *cells]
@@ -321,12 +321,14 @@ class Runner:
                 summary[status] += 1
                 if store is not None:
                     for row in store.finish_cell(key, status, reason, details, rows):
-                        self.registry.pm.hook.bench_result_written(row=row)
+                        self.registry.notify("bench_result_written", row=row)
                     self.log(_cell_line(cell, status, reason, rows))
         finally:
             if store is not None:
                 store.finish_run(run_id)
-                self.registry.pm.hook.bench_run_end(suite=self.suite, output_dir=str(self.output_dir), summary=summary)
+                self.registry.notify(
+                    "bench_run_end", suite=self.suite, output_dir=str(self.output_dir), summary=summary
+                )
                 store.close()
         return summary
 
@@ -477,6 +479,7 @@ class Runner:
                             "provenance": {"plugin": "engine"},
                         }
                     )  # fmt: skip
+                rows += _stage_update_rows(stage.name, report)
             if ddp.is_main():
                 save_weights(model, ckdir, {"cell": cell.id, "config": config, "fingerprint": fingerprint})
                 for stale in ckdir.glob(f"*-{TRAIN_STATE}"):
@@ -628,6 +631,22 @@ class Runner:
              "higher_is_better": None, "kind": "model", "settings": {}, "provenance": {"plugin": plugin}}
             for name, value in values.items()
         ]  # fmt: skip
+
+
+def _stage_update_rows(stage: str, report) -> list[dict[str, Any]]:
+    """Rows saying how many updates a stage skipped and, under fp16, where its loss scale ended."""
+    base = {"task": "train", "std": None, "n": report.steps, "higher_is_better": None, "kind": "training",
+            "provenance": {"plugin": "engine"}}  # fmt: skip
+    rows = [
+        {**base, "metric": f"{stage}.skipped_updates", "value": float(report.skipped + report.overflow_skipped),
+         "settings": {"skipped": report.skipped, "overflow_skipped": report.overflow_skipped,
+                      "meaning": "updates not applied: non-finite loss or gradients, or a norm over the skip "
+                                 "threshold; overflow_skipped: fp16 loss-scale back-offs"}},
+    ]  # fmt: skip
+    if report.grad_scale is not None:
+        rows.append({**base, "metric": f"{stage}.grad_scale", "value": report.grad_scale,
+                     "settings": {"min_during_stage": report.grad_scale_min}})  # fmt: skip
+    return rows
 
 
 def unknown_options(cls: type, options: dict[str, Any], exclude: tuple[str, ...] = ()) -> str | None:

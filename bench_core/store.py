@@ -66,7 +66,16 @@ _KIND_OF_OLD_ROWS = (
     "UPDATE results SET kind = CASE WHEN metric LIKE '%images_per_s' THEN 'throughput' "
     "WHEN metric LIKE '%peak_memory_mb' THEN 'memory' WHEN task = 'model' THEN 'model' ELSE 'metric' END"
 )
-ROW_KINDS = ("metric", "throughput", "memory", "model", "baseline", "diagnostic")
+ROW_KINDS = ("metric", "throughput", "memory", "training", "model", "baseline", "diagnostic")
+"""What a results row is: a metric plugin's value, an engine timing, peak memory, a training counter,
+a model's own evaluation metric, a baseline's metric value, or a diagnostic (e.g. input dependence)."""
+
+
+def _kind(row: dict[str, Any]) -> str:
+    kind = row.setdefault("kind", "metric")
+    if kind not in ROW_KINDS:
+        raise ValueError(f"result row {row.get('task')}/{row.get('metric')}: kind {kind!r} is not one of {ROW_KINDS}")
+    return kind
 
 
 HEARTBEAT_S = 60.0  # how often a running cell's claim is refreshed
@@ -335,7 +344,7 @@ class ResultsStore:
                         None if full.get("higher_is_better") is None else int(full["higher_is_better"]),
                         json.dumps(full.get("settings", {}), sort_keys=True, default=str),
                         json.dumps(full.get("provenance", {}), sort_keys=True, default=str), now,
-                        full.get("ci_low"), full.get("ci_high"), full.setdefault("kind", "metric"),
+                        full.get("ci_low"), full.get("ci_high"), _kind(full),
                     ),
                 )  # fmt: skip
                 written.append(full)

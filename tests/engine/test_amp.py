@@ -193,9 +193,14 @@ def test_bench_run_records_the_grad_scale_of_a_forced_amp_phvae_cell(tmp_path, b
     try:
         query = "SELECT status, details FROM cells WHERE model = ?"
         status, details = con.execute(query, (f"{phvae['plugin']}-{phvae['config']}",)).fetchone()
+        stage_rows = dict(con.execute("SELECT metric, value FROM results WHERE task = 'train' AND kind = 'training'"))
     finally:
         con.close()
     assert status == "done"
     (stage,) = json.loads(details)["stages"]
     assert stage["steps"] == 4 and 0 < stage["grad_scale_min"] <= stage["grad_scale"]
     assert stage["overflow_skipped"] + stage["skipped"] < 4
+    # The stage's rows carry the same figures into the store and the report.
+    name = stage["stage"]
+    assert stage_rows[f"{name}.grad_scale"] == stage["grad_scale"]
+    assert stage_rows[f"{name}.skipped_updates"] == stage["overflow_skipped"] + stage["skipped"]

@@ -179,6 +179,40 @@ def test_observer_raising_keyboard_interrupt_still_stops(monkeypatch):
     assert registry.observer_errors == []
 
 
+def test_raising_result_written_hook_is_reported_once_and_rows_kept(hostile_run):
+    bad = """
+        @hookimpl
+        def bench_result_written(row):
+            raise RuntimeError("cannot write the row elsewhere")
+    """
+    result, calls, out_dir = hostile_run({"bad_written": bad}, "--no-report")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stderr.count("RuntimeError: cannot write the row elsewhere while calling bench_result_written()") == 1
+    assert "plugin (-p):bad_written (bad_written)" in result.stderr
+    written = [c for c in calls if c["hook"] == "result_written"]
+    assert len(written) == stored_rows(out_dir) > 1  # every row stored, and every row seen by the good observer
+
+
+def test_run_start_hook_calling_sys_exit_and_run_end_hook_raising_do_not_stop_run(hostile_run):
+    bad = """
+        import sys
+
+        @hookimpl
+        def bench_run_start(suite, output_dir):
+            sys.exit(4)
+
+        @hookimpl
+        def bench_run_end(suite, output_dir, summary):
+            raise ValueError("summary not understood")
+    """
+    result, calls, out_dir = hostile_run({"bad_lifecycle": bad}, "--no-report")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "called sys.exit(4) while calling bench_run_start()" in result.stderr
+    assert "ValueError: summary not understood while calling bench_run_end()" in result.stderr
+    assert query(out_dir, "SELECT DISTINCT status FROM cells") == [("done",)] and stored_rows(out_dir) > 0
+    assert [c["hook"] for c in calls if c["hook"] != "result_written"] == ["run_start", "run_end"]
+
+
 def test_raising_or_malformed_report_sections_hook_does_not_stop_report(hostile_run):
     raising = """
         @hookimpl
