@@ -142,12 +142,15 @@ def evaluate(
     metrics: dict[str, tuple[type, dict[str, Any]]],
     settings: EvalSettings,
     out_dir: Path,
+    train: Dataset | None = None,
 ) -> EvalOutcome:
     """Run every task over the test split and return the metric rows.
 
     Args:
         metrics: metric name -> (metric class, options) as resolved from the suite.
         out_dir: the cell's folder; image folders and grids are written under it.
+        train: the training split, streamed into the sample tasks' metrics that declare
+            ``needs_train`` (memorisation); without it they report themselves unavailable.
     """
     outcome = EvalOutcome()
     lo, hi = spec.value_range
@@ -163,6 +166,8 @@ def evaluate(
                 continue
             if task.kind == SAMPLE and cls.kind == "paired":
                 continue  # samples have no ground-truth partner
+            if task.kind != SAMPLE and getattr(cls, "needs_train", False):
+                continue  # compares samples with the training set: sample tasks only
             instances[task.name][name] = cls(data_range=1.0, dims=spec.dims, **options)
     state = {t.name: _TaskState(t, settings.device) for t in tasks}
     if settings.model_temperature is not None and not takes_temperature(model):
@@ -236,6 +241,7 @@ def evaluate(
                     _save_images(out_dir / folder, ids, _unit(batch[modality].float(), lo, hi))
     if not main:
         return outcome
+    _feed_training_items(train, spec, tasks, instances, settings)
     for task in tasks:
         st = state[task.name]
         clamp_note = {"pred_clamped": st.clamped, "pred_values": st.values_total}
@@ -303,6 +309,31 @@ class _TaskState:
                 column += [_view2d(target01[i]), _view2d(pred01[i]), _view2d((pred01[i] - target01[i]).abs())]
             self.grid_rows.append([c.cpu() for c in column])
         self._grid_count += take
+
+
+def _feed_training_items(
+    train: Dataset | None,
+    spec: DataSpec,
+    tasks: list[Task],
+    instances: dict[str, dict[str, Any]],
+    settings: EvalSettings,
+) -> None:
+    """Stream the training split's target images into the sample metrics that declare ``needs_train``.
+
+    Images are mapped to ``[0, 1]`` like the targets and passed with their ids to ``update_train``.
+    Rank 0 alone runs it, after the test pass, so no other rank waits on it in a collective; the
+    split is not read when no metric asks.
+    """
+    takers = [(task, metric) for task in tasks if task.kind == SAMPLE
+              for metric in instances[task.name].values() if getattr(metric, "needs_train", False)]  # fmt: skip
+    if train is None or not takers:
+        return
+    lo, hi = spec.value_range
+    with torch.no_grad():
+        for batch in _loader(train, settings):
+            batch = to_device(batch, settings.device)
+            for task, metric in takers:
+                metric.update_train(_unit(batch[task.target].float(), lo, hi), list(batch["id"]))
 
 
 def validation_score(
