@@ -552,7 +552,7 @@ class Runner:
             out_dir = cell_dir if headline else cell_dir / "variants" / variant.label
             outcome = evaluate(
                 model, dataset.split("test"), spec, tasks, metrics,
-                self._eval_settings(device, cell.seed, variant.temperature), out_dir,
+                self._eval_settings(device, cell.seed, variant.temperature), out_dir, train=dataset.split("train"),
             )  # fmt: skip
             if not main:
                 continue
