@@ -198,6 +198,20 @@ class ModelPlugin(Protocol):
 
     Optional: ``evaluation_metrics(loader) -> dict[str, float]`` for model-specific numbers
     (codebook usage, ELBO, ...) stored alongside the metric plugins' values.
+
+    Optional, for a model that reimplements published code: reading the checkpoints that
+    code's own training script saves (``bench convert``, and a suite's ``load:`` of such a
+    file; see ``bench_core.convert`` and docs/plugins.md):
+
+    - ``from_source(sources, config) -> dict[str, Tensor]`` (classmethod): ``sources`` is the
+      list of objects ``torch.load(..., weights_only=True)`` returned for the source files, in
+      the order given (one file for most sources); ``config`` the merged configuration. Returns
+      this model's state dict (every parameter and buffer). Every source weight must be used
+      and every key of ours set: raise ``BenchError`` naming an unknown or missing key, never
+      leave a weight at its random initial value.
+    - ``source_spec(sources, config) -> DataSpec`` (classmethod): a spec the source model
+      fits (its channels, a shape it accepts), so ``bench convert`` can build the model, with
+      no dataset at hand, to check the converted keys and shapes.
     """
 
     name: ClassVar[str]

@@ -51,46 +51,38 @@ def save_weights(model: torch.nn.Module, directory: Path, meta: dict[str, Any] |
     remove_stale_temporaries(directory)  # what writers killed mid-save left here (training states, weights)
 
 
-def load_weights(model: torch.nn.Module, path: Path) -> None:
+def load_weights(model: torch.nn.Module, path: Path, load_format: str = "auto") -> str:
     """Load weights from a ``.safetensors`` file or a weights-only torch file into ``model``.
+
+    ``load_format`` (a suite's ``load_format``): ``"ours"`` reads our formats (safetensors,
+    or a state dict with the model's keys); ``"source"`` reads a checkpoint as the model's
+    original code saves it, converted by the model class's ``from_source``
+    (:mod:`bench_core.convert`); ``"auto"`` tells them apart by the file's keys. Torch files
+    are only ever read with ``weights_only=True``. Returns the format used.
 
     Raises :class:`CheckpointError` naming the file and the mismatching keys or shapes, or,
     for a damaged file, what to delete.
     """
+    from bench_core.convert import check_complete, load_into, refusal
+
     if not path.exists():
         raise CheckpointError(f"checkpoint not found: {path}")
-    try:
-        if path.suffix == ".safetensors":
+    if path.suffix == ".safetensors":
+        if load_format == "source":
+            raise CheckpointError(f"checkpoint {path}: a .safetensors file is our format, not a source checkpoint")
+        try:
             state = load_file(str(path))
-        else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-            if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
-                state = state["model"]
-    except Exception as exc:  # damage shows as errors of many types (SafetensorError, zip, pickle, OSError)
-        raise CheckpointError(_with_cause(f"checkpoint {path} {_weights_remedy(path)}", exc)) from None
-    if not isinstance(state, dict):
-        raise CheckpointError(f"checkpoint {path} holds {type(state).__name__}, expected a state dict")
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    wrong = sorted(k for k in set(expected) & set(state) if tuple(expected[k].shape) != tuple(state[k].shape))
-    if missing or unexpected or wrong:
-        details = []
-        if missing:
-            details.append(f"missing {len(missing)} keys (e.g. {missing[:3]})")
-        if unexpected:
-            details.append(f"unexpected {len(unexpected)} keys (e.g. {unexpected[:3]})")
-        if wrong:
-            k = wrong[0]
-            details.append(
-                f"{len(wrong)} shape mismatches (e.g. {k}: file {tuple(state[k].shape)}, "
-                f"model {tuple(expected[k].shape)})"
-            )
-        raise CheckpointError(
-            f"checkpoint {path} does not match the model: " + "; ".join(details)
-            + " (was it trained with another config?)"
-        )  # fmt: skip
-    model.load_state_dict(state)
+        except Exception as exc:  # damage shows as errors of many types (SafetensorError, OSError)
+            raise CheckpointError(_with_cause(f"checkpoint {path} {_weights_remedy(path)}", exc)) from None
+        check_complete(model, state, f"checkpoint {path}")
+        model.load_state_dict(state)
+        return "ours"
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # damage shows as errors of many types (zip, pickle, OSError)
+        message = refusal(path, exc)  # or a pickle that needs code to load: refused, never run
+        raise CheckpointError(message or _with_cause(f"checkpoint {path} {_weights_remedy(path)}", exc)) from None
+    return load_into(model, path, obj, load_format)
 
 
 def save_train_state(path: Path, state: dict[str, Any]) -> None:

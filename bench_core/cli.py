@@ -294,7 +294,49 @@ def build_parser() -> argparse.ArgumentParser:
         help="plugin option, value parsed as YAML (e.g. size=[64,64]); repeatable",
     )  # fmt: skip
     check.set_defaults(func=cmd_data_check)
+
+    convert = sub.add_parser(
+        "convert", help="convert a checkpoint saved by a model's original (source) code to our safetensors format",
+        description="Read SOURCE_FILE(s) as the model's source code saves them (torch.load with weights_only=True "
+        "only), convert them into the model's parameters and buffers (every key accounted for) and write OUT.",
+    )  # fmt: skip
+    convert.add_argument("model", help="model plugin name, e.g. phvae, vdvae3d, vqvae2, pixelcnn")
+    convert.add_argument(
+        "files", nargs="*", metavar="FILE",
+        help="SOURCE_FILE... OUT.safetensors (pixelcnn: the VQ-VAE, top prior and bottom prior files)",
+    )  # fmt: skip
+    convert.add_argument("--config", help="named config of the model (default: its default config)")
+    convert.add_argument(
+        "--params", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
+        help="config overrides matching the source's hyper-parameters, values as YAML (e.g. width=12)",
+    )  # fmt: skip
+    convert.set_defaults(func=cmd_convert)
     return parser
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    from bench_core.api import merge_config
+    from bench_core.convert import convert_files
+    from bench_core.datacheck import parse_options
+
+    # `--params a=1 SRC OUT` lets argparse take the files as params: what has no '=' is a file.
+    files = [f for f in args.params if "=" not in f] + args.files
+    if len(files) < 2:
+        print("error: give at least one SOURCE_FILE and the OUT.safetensors file to write", file=sys.stderr)
+        return EXIT_ERROR
+    cls = _registry(args).get("model", args.model).cls
+    name = args.config or cls.default_config
+    if name not in cls.configs:
+        print(f"error: model {cls.name!r} has no config {name!r}; configs: {', '.join(sorted(cls.configs))}")
+        return EXIT_ERROR
+    config = merge_config(cls.configs[name], parse_options([p for p in args.params if "=" in p]))
+    *sources, out = (Path(f) for f in files)
+    summary = convert_files(cls, config, sources, out)
+    print(
+        f"wrote {out}: {summary['tensors']} tensors, {summary['parameters']:,} parameters of "
+        f"{cls.name} {summary['version']} (config {name}) from {', '.join(str(s) for s in sources)}"
+    )
+    return EXIT_OK
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -68,6 +68,10 @@ class ModelEntry(_Strict):
     params: dict[str, Any] = Field(default_factory=dict)
     budget: Budget = Field(default_factory=Budget)
     load: Path | None = None
+    # How to read `load`: our safetensors / state dict ("ours"), a checkpoint as the model's
+    # source code saves it ("source", converted by the plugin's from_source), or by its keys ("auto").
+    # Left out of dumps (cell keys): it changes how the file is read, never the weights loaded.
+    load_format: Literal["auto", "ours", "source"] = Field(default="auto", exclude=True)
 
     @property
     def label(self) -> str:

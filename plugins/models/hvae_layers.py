@@ -25,6 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ._common import gaussian_kl, noise
+
 SOFTPLUS_BETA = math.log(2.0)
 """Slope of the softplus mapping raw scales to standard deviations (std = 1 at raw = 0)."""
 
@@ -45,18 +47,9 @@ def softplus_std(raw: Tensor, temperature: float = 1.0) -> Tensor:
     return F.softplus(raw, beta=SOFTPLUS_BETA)
 
 
-def gaussian_kl(mu_q: Tensor, std_q: Tensor, mu_p: Tensor, std_p: Tensor) -> Tensor:
-    """Elementwise ``KL(N(mu_q, std_q^2) || N(mu_p, std_p^2))`` in nats."""
-    return torch.log(std_p / std_q) + (std_q**2 + (mu_q - mu_p) ** 2) / (2.0 * std_p**2) - 0.5
-
-
 def gaussian_sample(mu: Tensor, std: Tensor, generator: torch.Generator | None = None) -> Tensor:
-    """``mu + std * eps``; ``eps`` drawn from ``generator`` (on the CPU, then moved) when given."""
-    if generator is None:
-        eps = torch.randn_like(mu)
-    else:
-        eps = torch.randn(mu.shape, generator=generator, dtype=mu.dtype).to(mu.device)
-    return mu + std * eps
+    """``mu + std * eps`` with standard-normal ``eps`` drawn by the models' one rule (``_common.noise``)."""
+    return mu + std * noise("normal", mu, generator)
 
 
 class Swish(nn.Module):
@@ -253,12 +246,8 @@ class TopDownBlock(nn.Module):
 
 
 def _uniform(like: Tensor, generator: torch.Generator | None, eps: float) -> Tensor:
-    """Uniform noise shaped like ``like`` in ``[eps, 1 - eps]`` (from ``generator`` on the CPU when given)."""
-    if generator is None:
-        u = torch.rand_like(like)
-    else:
-        u = torch.rand(like.shape, generator=generator, dtype=like.dtype).to(like.device)
-    return u.clamp(eps, 1.0 - eps)
+    """Uniform noise shaped like ``like`` in ``[eps, 1 - eps]`` (drawn by ``_common.noise``'s rule)."""
+    return noise("uniform", like, generator).clamp(eps, 1.0 - eps)
 
 
 class DmolHead(nn.Module):

@@ -22,7 +22,8 @@ content half (the style half equals the prior, so its KL is exactly zero).
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+import re
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -40,6 +41,7 @@ from bench_core.api import (
 )
 from bench_core.hookspecs import hookimpl
 
+from ._common import UnitRange, by_name, only_dict, source_error, sub_state
 from .hvae_layers import HVAE, DmolHead
 
 COLLAPSE_NATS = 0.01
@@ -154,6 +156,7 @@ class PHVAE(nn.Module):
         self.modalities = tuple(spec.modalities)
         self.size = spec.shape[0]
         self.value_range = (float(spec.value_range[0]), float(spec.value_range[1]))
+        self._range = UnitRange(self.value_range)
         self.train_size = config["train_size"] or spec.split_sizes.get("train")
         self.temperature = float(config["eval_temperature"])
         try:
@@ -186,12 +189,10 @@ class PHVAE(nn.Module):
 
     def _to_unit(self, x: Tensor) -> Tensor:
         """Dataset range -> ``[-1, 1]`` (the space of the encoders and the DMOL bins)."""
-        lo, hi = self.value_range
-        return (x - lo) * (2.0 / (hi - lo)) - 1.0
+        return self._range.to_unit(x)
 
     def _from_unit(self, y: Tensor) -> Tensor:
-        lo, hi = self.value_range
-        return (y + 1.0) * ((hi - lo) / 2.0) + lo
+        return self._range.from_unit(y)
 
     def _index(self, modality: str) -> int:
         if modality not in self.modalities:
@@ -357,9 +358,116 @@ class PHVAE(nn.Module):
         out["posterior_collapse"] = float(collapsed_total > 0)
         return out
 
+    # -- source checkpoints ---------------------------------------------------------------------
+
+    @classmethod
+    def source_spec(cls, sources: Sequence[Any], config: Mapping[str, Any]) -> DataSpec:
+        """The spec of the source's ``save_model`` dict: image size and the two branches' channels."""
+        v1, v2 = _source_kwargs(only_dict(list(sources), cls.name, "the save_model dict"))
+        if v1["res"] != v2["res"]:
+            raise source_error(cls.name, f"the branches differ in image size ({v1['res']} and {v2['res']})")
+        return DataSpec(("A", "B"), (v1["cin"], v2["cin"]), 2, (v1["res"], v1["res"]), (0.0, 1.0))
+
+    @classmethod
+    def from_source(cls, sources: Sequence[Any], config: Mapping[str, Any]) -> dict[str, Tensor]:
+        """Our state dict from the source's ``save_model`` dict (``model``, ``architecture``, ...).
+
+        Branch ``v1`` (the source's x1) is our first modality, ``v2`` the second. The
+        architecture recorded in the file must match ``config`` (the error says which key to
+        set). The DMOL output convolution's channels are reordered from the source's
+        per-image-channel interleave ``[logits | (means, scales, coeffs) per channel]`` to ours
+        ``[logits | means | scales | coeffs]``. Optimiser state and training records are not weights.
+        """
+        state = only_dict(list(sources), cls.name, "the save_model dict")
+        for kwargs in _source_kwargs(state):
+            _check_source_config(kwargs, config)
+        weights = sub_state(state, "model", cls.name)
+        with torch.device("meta"):
+            target = cls(config, cls.source_spec(sources, config)).state_dict()
+
+        def transform(key: str, value: Tensor) -> Tensor:
+            if config["head"] != "dmol" or ".decoder.head.conv." not in key:
+                return value
+            channels = int(_source_kwargs(state)[int(key.split(".")[1])]["cin"])
+            return value[_dmol_order(channels, config["dmol_mixtures"], cls.name)]
+
+        return by_name(cls.name, target, weights, lambda key: _source_key(key, config["head"]), transform)
+
     @property
     def _dmol(self) -> bool:
         return isinstance(self.branches[0].decoder.head, DmolHead)
+
+
+_KEY_RULES = [
+    (r"^branches\.(\d)\.", lambda m: f"v{int(m.group(1)) + 1}."),
+    (r"encoder\.stem\.", lambda m: "encoder.preprocess."),
+    (r"encoder\.blocks\.", lambda m: "encoder.enc_blocks."),
+    (r"\.down\.0\.", lambda m: ".pool.conv."),
+    (r"decoder\.start$", lambda m: "decoder.dec_bias"),
+    (r"decoder\.layers\.", lambda m: "decoder.dec_blocks."),
+    (r"\.posterior\.", lambda m: ".enc."),
+    (r"\.translational\.", lambda m: ".encT."),
+    (r"\.convs\.(\d)\.", lambda m: f".c{int(m.group(1)) + 1}."),
+    (r"\.acts\.(\d)\.", lambda m: f".a{int(m.group(1)) + 1}."),
+]
+
+
+def _source_key(key: str, head: str) -> str:
+    """The source's name for our key ``key`` (``branches.0.encoder.blocks.1.convs.0.weight`` ->
+    ``v1.encoder.enc_blocks.1.c1.weight``); the output convolution is ``out_net.out_conv`` (DMOL)
+    or ``out_net`` itself (MAE)."""
+    for pattern, repl in _KEY_RULES:
+        key = re.sub(pattern, repl, key)
+    return key.replace(".decoder.head.conv.", ".decoder.out_net.out_conv." if head == "dmol" else ".decoder.out_net.")
+
+
+def _source_kwargs(state: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The two branches' constructor arguments recorded in a source ``save_model`` dict."""
+    try:
+        kwargs = state["architecture"]["kwargs"]
+        return dict(kwargs["v1kwargs"]), dict(kwargs["v2kwargs"])
+    except (KeyError, TypeError):
+        what = "no architecture.kwargs.v1kwargs / v2kwargs (not a paired-hvaes save_model dict)"
+        raise source_error("phvae", what) from None
+
+
+def _check_source_config(kwargs: Mapping[str, Any], config: Mapping[str, Any]) -> None:
+    """Raise naming the config key to set when the source's recorded architecture differs from ``config``."""
+    checks = {
+        "width": (set(kwargs["ec_pg"]) | set(kwargs["dc_pg"]), {config["width"]}),
+        "n_resolutions": ({len(kwargs["ec_pg"])}, {config["n_resolutions"]}),
+        "blocks_per_resolution": (set(kwargs["e_pg"]) | set(kwargs["d_pg"]), {config["blocks_per_resolution"]}),
+        "zdim": (set(kwargs["lv_pg"]), {config["zdim"]}),
+        "bottleneck": ({float(kwargs["bottleneck"])}, {float(config["bottleneck"])}),
+        "head": ({"dmol" if kwargs["dmol_out"] else "mae"}, {config["head"]}),
+    }
+    if kwargs["dmol_out"]:
+        checks["dmol_mixtures"] = ({kwargs["n_mix"]}, {config["dmol_mixtures"]})
+        checks["dmol_bits"] = ({kwargs["bits"]}, {config["dmol_bits"]})
+    for key, (source, ours) in checks.items():
+        if source != ours:
+            value = next(iter(source)) if len(source) == 1 else sorted(source)
+            what = f"the source model has {key} {value}, the config {config[key]}: set {key}={value}"
+            raise source_error("phvae", what)
+    if not kwargs.get("translational", True):
+        raise source_error("phvae", "the source model has no translational posteriors; phvae needs them")
+
+
+def _dmol_order(channels: int, mixtures: int, model: str) -> Tensor:
+    """For each of our DMOL output channels, the index of the source's channel holding it."""
+    n_coeffs = channels * (channels - 1) // 2
+    if (n_coeffs * mixtures) % channels:
+        raise source_error(model, f"the source's DMOL layout cannot hold {mixtures} mixtures for {channels} channels")
+    per_channel = n_coeffs * mixtures // channels
+    stride = 2 * mixtures + per_channel  # the source's block per image channel: means, scales, coefficients
+    order = list(range(mixtures))  # mixture logits come first in both
+    order += [mixtures + c * stride + m for c in range(channels) for m in range(mixtures)]  # means
+    order += [mixtures + c * stride + mixtures + m for c in range(channels) for m in range(mixtures)]  # scales
+    for k in range(n_coeffs):  # coefficients: the source's flat (channel, slot) list read as (coeff, mixture)
+        for m in range(mixtures):
+            c, slot = divmod(k * mixtures + m, per_channel)
+            order.append(mixtures + c * stride + 2 * mixtures + slot)
+    return torch.tensor(order)
 
 
 @hookimpl

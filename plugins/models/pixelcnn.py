@@ -14,7 +14,7 @@ raster order and decodes them.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -24,8 +24,19 @@ from torch import Tensor, nn
 from bench_core.api import API_VERSION, RECONSTRUCT, SAMPLE, BenchError, DataSpec, OptimizerSpec, TrainingStage
 from bench_core.hookspecs import hookimpl
 
+from ._common import by_order, eval_mode, source_error, sub_state
 from .pixelcnn_layers import LN2, BottomPrior, TopPrior, sample_codes
-from .vq2_layers import VQ2_SEED002, VQ2_TINY, VQVAE2Net, eval_mode, input_problem, latent_shapes, to_memory_format
+from .vq2_layers import (
+    VQ2_SEED002,
+    VQ2_TINY,
+    VQVAE2Net,
+    input_problem,
+    latent_shapes,
+    source_in_channels,
+    source_layout,
+    to_memory_format,
+    vq2_from_source,
+)
 from .vq_layers import CodeUsage
 
 _SEED002 = {
@@ -69,7 +80,9 @@ class PixelCNNVQVAE2(nn.Module):
     """
 
     name = "pixelcnn"
-    version = "1.0"
+    # 2.0: the priors are seed 002's exactly (norm placement, one shared attention module without
+    # a norm, conditioning-stack norms, no extra ReLUs or 1x1s); the VQ-VAE follows vqvae2 2.0.
+    version = "2.0"
     api_version = API_VERSION
     capabilities = frozenset({RECONSTRUCT, SAMPLE})
     dims = frozenset({2})
@@ -104,6 +117,32 @@ class PixelCNNVQVAE2(nn.Module):
         """Why this model cannot serve ``spec``: 3D data, paired data or an indivisible shape."""
         # The smallest downsampling of the named configs: a larger configured one is checked on construction.
         return input_problem(cls.name, spec, min(c["bottom_down"] for c in cls.configs.values()))
+
+    @classmethod
+    def source_spec(cls, sources: Sequence[Any], config: Mapping[str, Any]) -> DataSpec:
+        """A data spec the source checkpoints fit: the VQ-VAE's image channels, a shape its grids divide."""
+        vq = _source_parts(sources)["VQ-VAE"]
+        side = 2 ** (config["bottom_down"] + 3)
+        return DataSpec(("image",), (source_in_channels(vq, source_layout(vq) or ""),), 2, (side, side), (-1.0, 1.0))
+
+    @classmethod
+    def from_source(cls, sources: Sequence[Any], config: Mapping[str, Any]) -> dict[str, Tensor]:
+        """Our state dict from seed 002's three saved state dicts: the VQ-VAE, the top and the bottom prior.
+
+        The files may come in any order (each is recognised by its keys). Our priors are built
+        in the source's module order, so their tensors pair with the source's in order.
+        """
+        parts = _source_parts(sources)
+        with torch.device("meta"):
+            model = cls(config, cls.source_spec(sources, config))
+        out = {
+            f"vqvae.{k}": v
+            for k, v in vq2_from_source(cls.name, config["layers"], model.vqvae.state_dict(), parts["VQ-VAE"]).items()
+        }
+        for attr, part in (("top_prior", "top prior"), ("bottom_prior", "bottom prior")):
+            mapped = by_order(cls.name, getattr(model, attr).state_dict(), parts[part], part)
+            out.update({f"{attr}.{k}": v for k, v in mapped.items()})
+        return out
 
     def stages(self) -> list[TrainingStage]:
         """``vqvae``, then ``top_prior`` and ``bottom_prior`` with the VQ-VAE frozen."""
@@ -221,6 +260,35 @@ class PixelCNNVQVAE2(nn.Module):
             total = int(counter.counts.sum())
             out[f"{level}.bits_per_code"] = nats[level] / total / LN2 if total else float("nan")
         return out
+
+
+def _source_parts(sources: Sequence[Any]) -> dict[str, dict[str, Tensor]]:
+    """Seed 002's files by role, recognised by their keys: ``VQ-VAE``, ``top prior``, ``bottom prior``."""
+    parts: dict[str, dict[str, Tensor]] = {}
+    for index, state in enumerate(sources):
+        if not isinstance(state, Mapping):
+            raise source_error("pixelcnn", f"file {index + 1} holds a {type(state).__name__}, not a state dict")
+        if source_layout(state) is not None:
+            role = "VQ-VAE"
+        elif "embed_top.weight" in state:
+            role = "bottom prior"
+        elif "embed.weight" in state:
+            role = "top prior"
+        else:
+            raise source_error(
+                "pixelcnn", f"file {index + 1} is none of VQ-VAE, top prior, bottom prior ({list(state)[:3]})"
+            )
+        if role in parts:
+            raise source_error("pixelcnn", f"two files hold the {role}")
+        parts[role] = sub_state({"state": state}, "state", "pixelcnn")
+    missing = [r for r in ("VQ-VAE", "top prior", "bottom prior") if r not in parts]
+    if missing:
+        raise source_error(
+            "pixelcnn",
+            f"seed 002 saves three files (VQ-VAE, top prior, bottom prior); missing: {', '.join(missing)}. "
+            "Convert them together: bench convert pixelcnn VQVAE.pth TOP.pth BOTTOM.pth OUT.safetensors",
+        )
+    return parts
 
 
 @hookimpl

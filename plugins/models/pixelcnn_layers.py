@@ -1,6 +1,10 @@
-"""Gated PixelCNN priors over VQ-VAE-2 code grids (``models.md`` section 3.3).
+"""Gated PixelCNN priors over VQ-VAE-2 code grids, as seed 002 builds them (``models.md`` 3.3).
 
-Causality (raster order: row by row, left to right) comes from two feature stacks:
+Seed 002 takes its priors from unixpickle's vq-vae-2 (``docs/fidelity.md``). This module
+reproduces that network exactly, layer by layer, in the order its modules are created (so one
+seed gives the same initial weights), and only the widths, depths and vocabulary are
+configurable. Causality (raster order: row by row, left to right) comes from two feature
+stacks:
 
 - the *vertical* stack at row ``i`` depends only on rows ``< i``: the first layer (``"A"``)
   reads rows ``i-2 .. i-1`` with a ``2 x 5`` kernel, later layers (``"B"``) read rows
@@ -9,10 +13,15 @@ Causality (raster order: row by row, left to right) comes from two feature stack
   vertical stack) and on row ``i`` left of ``j``: layer A reads columns ``j-2 .. j-1`` of
   the input, layers B columns ``j-2 .. j`` of the horizontal features.
 
-Self-attention (top prior only) runs over the ``H*W`` raster sequence of each stack with a
-lower-triangular mask, so a position attends to itself and earlier positions of features
-that already obey the rules above. Nothing looks below the current row, which is what lets
-:func:`sample_codes` run the network on the rows sampled so far only.
+Layer B (as the source): the vertical output is layer-normalised over channels; the
+horizontal output is ``input + norm(conv1x1(gated))``, the norm on the branch before the
+residual add. Layer A has neither the norm nor the 1x1 residual branch.
+
+Self-attention (top prior only): one attention module, shared by the two stacks and applied
+to each of them separately over its ``H*W`` raster sequence with a lower-triangular mask,
+added to its input (no normalisation). A position attends to itself and earlier positions of
+features that already obey the rules above. Nothing looks below the current row, which is
+what lets :func:`sample_codes` run the network on the rows sampled so far only.
 """
 
 from __future__ import annotations
@@ -40,22 +49,28 @@ class ChannelLayerNorm(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """Normalise each position's channel vector."""
-        return self.norm(x.movedim(1, -1)).movedim(-1, 1)
+        return self.norm(x.permute(0, 2, 3, 1).contiguous()).permute(0, 3, 1, 2).contiguous()
 
 
 def _gate(x: Tensor) -> Tensor:
-    a, b = x.chunk(2, dim=1)
-    return torch.tanh(a) * torch.sigmoid(b)
+    half = x.shape[1] // 2
+    return torch.tanh(x[:, :half]) * torch.sigmoid(x[:, half:])
+
+
+def _per_position(linear: nn.Linear, x: Tensor) -> Tensor:
+    """A linear map of the channel vector at every position of ``x`` ``(B, C, H, W)``."""
+    return linear(x.permute(0, 2, 3, 1).contiguous()).permute(0, 3, 1, 2).contiguous()
 
 
 class GatedPixelConv(nn.Module):
     """One gated PixelCNN layer over a (vertical, horizontal) pair of feature maps.
 
-    ``kind="A"`` is the first layer: its inputs are the code embeddings and it excludes the
-    current position. ``kind="B"`` layers include the current position of their (already
-    causal) inputs, add a residual to the horizontal stack and, with ``norm``, layer-normalise
-    both outputs over channels. With ``cond_channels`` a 1x1 map of per-position
-    conditioning features adds biases to the gates of both stacks.
+    ``kind="A"`` is the first layer: its input is the code embedding, it excludes the current
+    position and returns the two gated stacks. ``kind="B"`` layers include the current
+    position of their (already causal) inputs; the horizontal stack gets a 1x1 residual
+    branch, and with ``norm`` both outputs are layer-normalised over channels (the horizontal
+    one on the branch, before the add). With ``cond_channels`` a per-position linear map of
+    the conditioning features adds biases to the gates of both stacks.
     """
 
     def __init__(self, channels: int, kind: str, cond_channels: int | None = None, norm: bool = False) -> None:
@@ -63,38 +78,45 @@ class GatedPixelConv(nn.Module):
         if kind not in ("A", "B"):
             raise ValueError(f"kind must be 'A' or 'B', not {kind!r}")
         self.kind = kind
+        self.channels = channels
         first = kind == "A"
+        # Created in the source's order, so a seed gives the source's initial weights.
         self.vertical = nn.Conv2d(channels, 2 * channels, (_V if first else _V + 1, 2 * _H + 1))
         self.horizontal = nn.Conv2d(channels, 2 * channels, (1, _H if first else _H + 1))
         self.vert_to_horiz = nn.Conv2d(2 * channels, 2 * channels, 1)
-        self.horiz_out = nn.Conv2d(channels, channels, 1)
-        self.cond = nn.Conv2d(cond_channels, 4 * channels, 1) if cond_channels else None
-        self.norm_v = ChannelLayerNorm(channels) if norm else nn.Identity()
-        self.norm_h = ChannelLayerNorm(channels) if norm else nn.Identity()
+        self.cond = nn.Linear(cond_channels, 4 * channels) if cond_channels else None
+        self.horiz_out = None if first else nn.Conv2d(channels, channels, 1)
+        self.norm_v = ChannelLayerNorm(channels) if norm and not first else None
+        self.norm_h = ChannelLayerNorm(channels) if norm and not first else None
 
     def forward(self, vert: Tensor, horiz: Tensor, cond: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Apply the layer to ``(B, C, H, W)`` stacks (and ``cond`` ``(B, C_cond, H, W)``)."""
         height, width = vert.shape[-2:]
         # Padding only above and to the left: outputs never see rows below or columns to the right.
-        v = self.vertical(F.pad(vert, (_H, _H, _V, 0)))[..., :height, :]
-        h = self.horizontal(F.pad(horiz, (_H, 0, 0, 0)))[..., :width]
+        v = self.vertical(F.pad(vert, (_H, _H, _V, 0)))[:, :, :height, :]
+        h = self.horizontal(F.pad(horiz, (_H, 0, 0, 0)))[:, :, :, :width]
         h = h + self.vert_to_horiz(v)
         if self.cond is not None:
             if cond is None:
                 raise ValueError("this layer is conditioned: pass cond")
-            bias_v, bias_h = self.cond(cond).chunk(2, dim=1)
-            v, h = v + bias_v, h + bias_h
-        v_out = self.norm_v(_gate(v))
-        h_out = self.horiz_out(_gate(h))
-        if self.kind == "B":
-            h_out = h_out + horiz  # layer A's input includes the current code: no residual there
-        return v_out, self.norm_h(h_out)
+            bias = _per_position(self.cond, cond)
+            split = 2 * self.channels
+            v, h = v + bias[:, :split], h + bias[:, split:]
+        v, h = _gate(v), _gate(h)
+        if self.horiz_out is None:
+            return v, h
+        branch = self.horiz_out(h)
+        if self.norm_h is not None:
+            v, branch = self.norm_v(v), self.norm_h(branch)
+        return v, horiz + branch
 
 
-class CausalSelfAttention(nn.Module):
-    """Multi-head self-attention over the raster sequence of a ``(B, C, H, W)`` map, residual.
+class PixelAttention(nn.Module):
+    """Causal multi-head self-attention shared by both stacks, residual, without normalisation.
 
-    Pre-layer-norm; position ``t`` attends to positions ``<= t`` (lower-triangular mask).
+    The same projections attend within the vertical stack and, separately, within the
+    horizontal stack (mixing the two would break the vertical stack's causality). The joint
+    projection's rows are keys, queries, values, in that order.
     """
 
     def __init__(self, channels: int, heads: int) -> None:
@@ -102,55 +124,40 @@ class CausalSelfAttention(nn.Module):
         if channels % heads:
             raise ValueError(f"channels={channels} must be divisible by heads={heads}")
         self.heads = heads
-        self.norm = nn.LayerNorm(channels)
-        self.qkv = nn.Linear(channels, 3 * channels)
-        self.proj = nn.Linear(channels, channels)
+        self.kqv = nn.Linear(channels, 3 * channels)
+        self.mix = nn.Linear(channels, channels)
 
-    def forward(self, x: Tensor) -> Tensor:
-        """Return ``x`` plus causal attention over its raster-ordered positions."""
+    def attend(self, x: Tensor) -> Tensor:
+        """``x`` plus causal attention over its raster-ordered positions."""
         b, c, h, w = x.shape
-        tokens = x.flatten(2).transpose(1, 2)  # (B, H*W, C)
-        q, k, v = self.qkv(self.norm(tokens)).view(b, h * w, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
+        tokens = x.permute(0, 2, 3, 1).reshape(b, h * w, c)
+        k, q, v = (t.view(b, h * w, self.heads, c // self.heads).transpose(1, 2) for t in self.kqv(tokens).split(c, -1))
         out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-        out = self.proj(out.transpose(1, 2).reshape(b, h * w, c))
-        return x + out.transpose(1, 2).reshape(b, c, h, w)
-
-
-class PixelAttention(nn.Module):
-    """Causal self-attention applied to the vertical and the horizontal stack separately.
-
-    Each stack attends only over its own features: mixing horizontal features (which see
-    the current row) into the vertical stack would break the vertical stack's causality.
-    """
-
-    def __init__(self, channels: int, heads: int) -> None:
-        super().__init__()
-        self.vertical = CausalSelfAttention(channels, heads)
-        self.horizontal = CausalSelfAttention(channels, heads)
+        out = self.mix(out.transpose(1, 2).reshape(b, h * w, c))
+        return x + out.view(b, h, w, c).permute(0, 3, 1, 2)
 
     def forward(self, vert: Tensor, horiz: Tensor, cond: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Attend within each stack (``cond`` is unused: attention layers are unconditioned)."""
-        return self.vertical(vert), self.horizontal(horiz)
+        return self.attend(vert), self.attend(horiz)
 
 
-class _OutResBlock(nn.Module):
-    """``norm(x + conv1x1(relu(conv1x1(relu(x)))))``: per-position refinement of the logit features."""
+class Residual(nn.Module):
+    """``x + norm(conv(relu(conv(relu(x)))))`` with two ``kernel x kernel`` convolutions (same size)."""
 
-    def __init__(self, channels: int) -> None:
+    def __init__(self, channels: int, kernel: int) -> None:
         super().__init__()
-        self.body = nn.Sequential(
-            nn.ReLU(), nn.Conv2d(channels, channels, 1), nn.ReLU(), nn.Conv2d(channels, channels, 1)
-        )
+        self.conv1 = nn.Conv2d(channels, channels, kernel, padding=kernel // 2)
+        self.conv2 = nn.Conv2d(channels, channels, kernel, padding=kernel // 2)
         self.norm = ChannelLayerNorm(channels)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.norm(x + self.body(x))
+        return x + self.norm(self.conv2(F.relu(self.conv1(F.relu(x)))))
 
 
 def _gated_stack(
     channels: int, n_layers: int, cond_channels: int | None, attention_every: int, heads: int
 ) -> nn.ModuleList:
-    """Layer A, ``n_layers - 1`` layers B, and a :class:`PixelAttention` after every ``attention_every`` layers."""
+    """Layer A, ``n_layers - 1`` normalised layers B, a :class:`PixelAttention` after every ``attention_every``."""
     if n_layers < 1:
         raise ValueError(f"a gated PixelCNN needs at least one layer, got {n_layers}")
     layers: list[nn.Module] = []
@@ -161,13 +168,20 @@ def _gated_stack(
     return nn.ModuleList(layers)
 
 
+def _run(layers: nn.ModuleList, x: Tensor, cond: Tensor | None = None) -> Tensor:
+    vert, horiz = x, x
+    for layer in layers:
+        vert, horiz = layer(vert, horiz, cond)
+    return torch.cat([vert, horiz], 1)
+
+
 class TopPrior(nn.Module):
     """Gated PixelCNN with causal self-attention over the top code grid.
 
-    Embedding (``n_codes`` -> ``channels``), layer A then ``n_layers - 1`` layers B with
-    channel layer norm; ``n_attention`` attention layers of ``heads`` heads placed after
-    every ``n_layers // n_attention`` gated layers (20 layers, 4 attention layers: A+4B, attn,
-    5B, attn, 5B, attn, 5B, attn). Head: both stacks concatenated, 1x1 to ``channels``,
+    Embedding (``n_codes`` -> ``channels``), layer A then ``n_layers - 1`` layers B;
+    ``n_attention`` attention layers of ``heads`` heads placed after every
+    ``n_layers // n_attention`` gated layers (20 layers, 4 attention layers: A+4B, attn, 5B,
+    attn, 5B, attn, 5B, attn). Head: both stacks concatenated, 1x1 to ``channels``,
     ``n_out_res`` residual 1x1 blocks, 1x1 to ``n_codes`` logits.
     """
 
@@ -181,71 +195,45 @@ class TopPrior(nn.Module):
         self.layers = _gated_stack(channels, n_layers, None, n_layers // n_attention if n_attention else 0, heads)
         self.head = nn.Sequential(
             nn.Conv2d(2 * channels, channels, 1),
-            *[_OutResBlock(channels) for _ in range(n_out_res)],
-            nn.ReLU(),
+            *[Residual(channels, 1) for _ in range(n_out_res)],
             nn.Conv2d(channels, n_codes, 1),
         )
 
     def forward(self, codes: Tensor) -> Tensor:
         """Logits ``(B, n_codes, H, W)`` of each code given the codes before it in raster order."""
-        x = self.embed(codes).movedim(-1, 1)
-        vert, horiz = x, x
-        for layer in self.layers:
-            vert, horiz = layer(vert, horiz)
-        return self.head(torch.cat([vert, horiz], 1))
-
-
-class ConditioningStack(nn.Module):
-    """Top codes to per-position conditioning features on the bottom grid (twice the size).
-
-    Embedding, ``n_res`` residual blocks of two 3x3 convolutions, then a 4x4 stride-2
-    transposed convolution. The top grid is fully known when the bottom one is modelled, so
-    these convolutions may look in every direction.
-    """
-
-    def __init__(self, n_codes: int, channels: int, n_res: int) -> None:
-        super().__init__()
-        self.embed = nn.Embedding(n_codes, channels)
-        self.blocks = nn.ModuleList(
-            nn.Sequential(
-                nn.ReLU(),
-                nn.Conv2d(channels, channels, 3, padding=1),
-                nn.ReLU(),
-                nn.Conv2d(channels, channels, 3, padding=1),
-            )
-            for _ in range(n_res)
-        )
-        self.upsample = nn.ConvTranspose2d(channels, channels, 4, stride=2, padding=1)
-
-    def forward(self, codes_t: Tensor) -> Tensor:
-        """Conditioning features ``(B, channels, 2h, 2w)`` of top codes ``(B, h, w)``."""
-        x = self.embed(codes_t).movedim(-1, 1)
-        for block in self.blocks:
-            x = x + block(x)
-        return self.upsample(x)
+        x = self.embed(codes).permute(0, 3, 1, 2).contiguous()
+        return self.head(_run(self.layers, x))
 
 
 class BottomPrior(nn.Module):
     """Gated PixelCNN over the bottom code grid, conditioned on the top codes; no attention.
 
-    Every gated layer takes per-position gate biases from the :class:`ConditioningStack`
-    output. Head: both stacks concatenated, 1x1 to ``channels``, ReLU, 1x1 to logits.
+    The top codes (embedded) pass a conditioning stack of ``n_cond_res`` residual 3x3 blocks
+    and a 4x4 stride-2 transposed convolution to the bottom grid's size; the top grid is fully
+    known when the bottom one is modelled, so these convolutions look in every direction.
+    Every gated layer takes per-position gate biases from it. Head: both stacks concatenated,
+    1x1 to ``channels``, 1x1 to logits.
     """
 
     def __init__(self, n_codes: int, channels: int, n_layers: int, n_cond_res: int) -> None:
         super().__init__()
+        self.embed_top = nn.Embedding(n_codes, channels)
         self.embed = nn.Embedding(n_codes, channels)
-        self.condition = ConditioningStack(n_codes, channels, n_cond_res)
+        self.cond_stack = nn.Sequential(
+            *[Residual(channels, 3) for _ in range(n_cond_res)],
+            nn.ConvTranspose2d(channels, channels, 4, stride=2, padding=1),
+        )
         self.layers = _gated_stack(channels, n_layers, channels, 0, 1)
-        self.head = nn.Sequential(nn.Conv2d(2 * channels, channels, 1), nn.ReLU(), nn.Conv2d(channels, n_codes, 1))
+        self.head = nn.Sequential(nn.Conv2d(2 * channels, channels, 1), nn.Conv2d(channels, n_codes, 1))
+
+    def condition(self, codes_t: Tensor) -> Tensor:
+        """Conditioning features ``(B, channels, 2h, 2w)`` of top codes ``(B, h, w)``."""
+        return self.cond_stack(self.embed_top(codes_t).permute(0, 3, 1, 2).contiguous())
 
     def logits(self, codes_b: Tensor, cond: Tensor) -> Tensor:
         """Logits of bottom codes ``(B, H, W)`` given conditioning features ``cond`` cropped to ``H`` rows."""
-        x = self.embed(codes_b).movedim(-1, 1)
-        vert, horiz = x, x
-        for layer in self.layers:
-            vert, horiz = layer(vert, horiz, cond)
-        return self.head(torch.cat([vert, horiz], 1))
+        x = self.embed(codes_b).permute(0, 3, 1, 2).contiguous()
+        return self.head(_run(self.layers, x, cond))
 
     def forward(self, codes_b: Tensor, codes_t: Tensor) -> Tensor:
         """Logits ``(B, n_codes, H, W)`` of each bottom code given earlier bottom codes and all top codes."""
@@ -255,8 +243,9 @@ class BottomPrior(nn.Module):
 def draw(logits: Tensor, temperature: float, generator: torch.Generator | None) -> Tensor:
     """One code per row of ``logits`` ``(N, K)``: multinomial at ``temperature``, argmax at 0.
 
-    Sampling runs on the generator's device (the engine passes a CPU generator even when the
-    model is on CUDA), and the result returns to the logits' device.
+    Sampling follows the models' one noise rule (``_common.noise``): with a generator it
+    runs on the generator's device (the engine passes a CPU generator even when the model
+    is on CUDA), and the result returns to the logits' device.
     """
     if temperature == 0:
         return logits.argmax(1)

@@ -36,8 +36,8 @@ bf16 autocast (the engine does this; latent statistics, KLs and the likelihood s
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Iterator, Mapping
-from contextlib import contextmanager
+import re
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -54,6 +54,7 @@ from bench_core.api import (
 )
 from bench_core.hookspecs import hookimpl
 
+from ._common import UnitRange, by_name, eval_mode, only_dict, source_error, sub_state
 from .vdvae3d_layers import BottomUp, GaussianHead, TopDown
 
 LIST_KEYS = (
@@ -197,6 +198,7 @@ class VDVAE3D(nn.Module):
         self.size = int(spec.shape[0])
         self.in_channels = int(spec.channels[0])
         self.value_range = (float(spec.value_range[0]), float(spec.value_range[1]))
+        self._range = UnitRange(self.value_range)
         latents = lists["latents_per_channel"]
         # The source's depth for initial-weight scaling: latent layers + 2 * (levels - 1).
         self.depth = sum(latents) + 2 * (len(latents) - 1)
@@ -211,6 +213,21 @@ class VDVAE3D(nn.Module):
         )
         self.head = GaussianHead(lists["channels"][0], self.in_channels)
         self.set_checkpointing(bool(config["checkpointing"]))
+
+    @classmethod
+    def source_spec(cls, sources: Sequence[Any], config: Mapping[str, Any]) -> DataSpec:
+        """The spec of a source training checkpoint: one channel, its ``resolution`` cubed."""
+        return _vdvae3d_source_spec(cls, sources, config)
+
+    @classmethod
+    def from_source(cls, sources: Sequence[Any], config: Mapping[str, Any]) -> dict[str, Tensor]:
+        """Our state dict from the source's training checkpoint dict (``hyper_params``, three graph state dicts, ...).
+
+        The recorded hyper-parameters must match ``config`` (the error names the list that
+        differs); the ``module.`` prefix of the DDP-wrapped graphs is dropped; optimiser state,
+        loss histories and file names are not weights.
+        """
+        return _vdvae3d_from_source(cls, sources, config)
 
     @classmethod
     def incompatibility(cls, spec: DataSpec) -> str | None:
@@ -231,12 +248,10 @@ class VDVAE3D(nn.Module):
     # -- value ranges -------------------------------------------------------------------------
 
     def _to_unit(self, x: Tensor) -> Tensor:
-        lo, hi = self.value_range
-        return (x - lo) * (2.0 / (hi - lo)) - 1.0
+        return self._range.to_unit(x)
 
     def _from_unit(self, y: Tensor) -> Tensor:
-        lo, hi = self.value_range
-        return (y + 1.0) * ((hi - lo) / 2.0) + lo
+        return self._range.from_unit(y)
 
     # -- model --------------------------------------------------------------------------------
 
@@ -304,13 +319,13 @@ class VDVAE3D(nn.Module):
         """Encode and decode ``x`` of ``modality`` at ``recon_temperature``, in the data's value range."""
         if modality != self.modality:
             raise BenchError(f"vdvae3d was built for modality {self.modality!r}, not {modality!r}")
-        with _eval_mode(self), torch.no_grad():
+        with eval_mode(self), torch.no_grad():
             mean, _, _ = self(self._to_unit(x), float(self.config["recon_temperature"]))
             return self._from_unit(mean)
 
     def sample(self, n: int, temperature: float = 1.0, generator: torch.Generator | None = None) -> Tensor:
         """``n`` volumes decoded from the priors at ``temperature`` (0: every latent at its prior mean)."""
-        with _eval_mode(self), torch.no_grad():
+        with eval_mode(self), torch.no_grad():
             h, _ = self.decoder(None, temperature, generator, n)
             mean, _ = self.head(h)
             return self._from_unit(mean)
@@ -327,7 +342,7 @@ class VDVAE3D(nn.Module):
         resolutions = self.decoder.resolutions
         sums: dict[str, float] = {}
         count = 0
-        with _eval_mode(self), torch.no_grad():
+        with eval_mode(self), torch.no_grad():
             for batch in loader:
                 x = self._to_unit(batch[self.modality].to(device).float())
                 t = self.terms(x, generator)
@@ -346,15 +361,112 @@ class VDVAE3D(nn.Module):
         return out
 
 
-@contextmanager
-def _eval_mode(module: nn.Module) -> Iterator[None]:
-    """Run ``module`` in eval mode (no checkpointing), then restore its previous mode."""
-    was_training = module.training
-    module.eval()
-    try:
-        yield
-    finally:
-        module.train(was_training)
+# -- source checkpoints -------------------------------------------------------------------------
+
+_GRAPHS = {
+    "encoder": "bottom_up_graph_1_state_dict",
+    "decoder": "top_down_generative_graph_state_dict",
+    "head": "top_down_x_mu_graph_state_dict",
+}
+# Hyper-parameters that change the source's architecture, with the only values vdvae3d implements.
+_SOURCE_FIXED = {
+    "veto_batch_norm": True,
+    "bottleneck_resnet_encoder": True,
+    "normalise_weight_by_depth": True,
+    "zero_biases": True,
+    "use_rezero": False,
+    "convolutional_downsampling": False,
+    "predict_x_scale": True,
+    "predict_x_scale_with_sigmoid": True,
+    "only_use_one_conv_block_at_top": False,
+    "separate_hidden_loc_scale_convs": False,
+    "separate_output_loc_scale_convs": False,
+    "use_precision_reweighting": False,
+    "output_activation_function": "tanh",
+    "scale_hidden_clamp_bounds": [0.001, 1],
+    "scale_output_clamp_bounds": [0.01, 1],
+}
+# Our list keys and the source's names (channels_top_down / _hidden must equal channels).
+_SOURCE_LISTS = {
+    "channels": "channels",
+    "latents_per_channel": "latent_feature_maps_per_resolution",
+    "channels_per_latent": "channels_per_latent",
+    "kernel_sizes_bottom_up": "kernel_sizes_bottom_up",
+    "kernel_sizes_top_down": "kernel_sizes_top_down",
+}
+_CONV_BLOCK = {"body.0.1": "convolutions.0", "body.0.3.conv": "convolutions.1", "body.0.5.conv": "convolutions.2"}
+_CONV_BLOCK |= {"body.1": "convolutions.3", "skip": "skip_con"}
+_LATENT = {"prior.1": "convs_p.0", "prior.3.conv": "convs_p.1", "prior.5.conv": "convs_p.2"}
+_LATENT |= {"p_mu": "convs_p.3", "p_raw": "convs_p.4", "prior_skip": "convs_p_skip_conv_after_prior"}
+_LATENT |= {"posterior.1": "convs_q.0", "posterior.3.conv": "convs_q.1", "posterior.5.conv": "convs_q.2"}
+_LATENT |= {"q_mu": "convs_q.3", "q_raw": "convs_q.4", "conv_z": "conv_z", "skip": "skip_con_conv"}
+
+
+def _source_key(key: str) -> str:
+    """The source's name for our key, with the graph as a prefix (``encoder.levels.0.1.body.1.weight`` ->
+    ``bottom_up_graph_1_state_dict/0.1.convolutions.3.weight``)."""
+    part, rest = key.split(".", 1)
+    leaf = rest.rsplit(".", 1)[1]
+    if part == "head":
+        return f"{_GRAPHS['head']}/0.convolutions.0.{leaf}"
+    found = re.match(r"levels\.(\d+)\.(\d+)\.(?:(\d)\.)?(.+)\.\w+$", rest)
+    if found is None:
+        return key
+    level, index, role, inner = int(found.group(1)), int(found.group(2)), found.group(3), found.group(4)
+    if part == "encoder":  # levels.<level>.<block>.<inner>
+        return f"{_GRAPHS['encoder']}/{level}.{index}.{_CONV_BLOCK.get(inner, inner)}.{leaf}"
+    # decoder: levels.<level>.<pair>.<0 latent | 1 conv block>.<inner>; the source's levels after the
+    # first start with an (parameter-free) upsampling module, then latent, conv, latent, conv, ...
+    position = (0 if level == 0 else 1) + 2 * index + int(role)
+    names = _LATENT if role == "0" else _CONV_BLOCK
+    return f"{_GRAPHS['decoder']}/{level}.{position}.{names.get(inner, inner)}.{leaf}"
+
+
+def _source_hyper(sources: Sequence[Any], model: str) -> tuple[Mapping[str, Any], dict[str, Any]]:
+    state = only_dict(list(sources), model, "the training checkpoint dict")
+    hyper = state.get("hyper_params")
+    if not isinstance(hyper, Mapping):
+        raise source_error(model, "no 'hyper_params' dict (not a 3d_very_deep_vae training checkpoint)")
+    return state, dict(hyper)
+
+
+def _check_source_config(hyper: Mapping[str, Any], config: Mapping[str, Any], model: str) -> None:
+    for key, value in _SOURCE_FIXED.items():
+        if key in hyper and hyper[key] != value:
+            raise source_error(model, f"the source model has {key}={hyper[key]!r}; vdvae3d implements {value!r} only")
+    if any(hyper.get("latent_feature_maps_per_resolution_weight_sharing") or []):
+        raise source_error(model, "the source model shares weights within a resolution; vdvae3d does not")
+    size = int(hyper["resolution"])
+    ours = _per_level(config, size)
+    for key, name in _SOURCE_LISTS.items():
+        if list(hyper[name]) != ours[key]:
+            raise source_error(model, f"the source model has {name}={list(hyper[name])}, the config {key}={ours[key]}")
+    for name in ("channels_top_down", "channels_hidden", "channels_hidden_top_down"):
+        if name in hyper and list(hyper[name]) != list(hyper["channels"]):
+            raise source_error(model, f"the source model's {name} differs from its channels; vdvae3d needs them equal")
+
+
+def _vdvae3d_source_spec(cls: type, sources: Sequence[Any], config: Mapping[str, Any]) -> DataSpec:
+    """The spec of a source training checkpoint: one channel (colour data is refused), its resolution."""
+    _, hyper = _source_hyper(sources, cls.name)
+    if hyper.get("data_is_colour"):
+        raise source_error(cls.name, "the source model was trained on colour data; vdvae3d's head is single-channel")
+    size = int(hyper["resolution"])
+    return DataSpec(("image",), (1,), 3, (size, size, size), (-1.0, 1.0))
+
+
+def _vdvae3d_from_source(cls: type, sources: Sequence[Any], config: Mapping[str, Any]) -> dict[str, Tensor]:
+    """Our state dict from the source's training checkpoint (three graphs saved from DDP wrappers)."""
+    state, hyper = _source_hyper(sources, cls.name)
+    _check_source_config(hyper, config, cls.name)
+    if "top_down_x_var_graph_state_dict" in state:
+        raise source_error(cls.name, "the source model has a separate output-scale graph; vdvae3d does not")
+    weights = {}
+    for graph in _GRAPHS.values():
+        weights.update({f"{graph}/{k}": v for k, v in sub_state(state, graph, cls.name, strip="module.").items()})
+    with torch.device("meta"):
+        target = cls(config, _vdvae3d_source_spec(cls, sources, config)).state_dict()
+    return by_name(cls.name, target, weights, _source_key)
 
 
 @hookimpl

@@ -30,6 +30,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from ._common import gaussian_kl, noise
+
 LATENT_STD_MIN = 0.001
 """Lower bound of every latent standard deviation (the source's ``scale_hidden_clamp_bounds``)."""
 OUTPUT_STD_MIN = 0.01
@@ -44,26 +46,9 @@ def bounded_std(raw: Tensor, low: float) -> Tensor:
     return low + (1.0 - low) * torch.sigmoid(raw)
 
 
-def gaussian_kl(mu_q: Tensor, std_q: Tensor, mu_p: Tensor | None = None, std_p: Tensor | None = None) -> Tensor:
-    """Elementwise ``KL(N(mu_q, std_q^2) || N(mu_p, std_p^2))`` in nats; ``mu_p = None``: against N(0, I).
-
-    The prior variance in the denominator is floored at :data:`KL_VAR_FLOOR`.
-    """
-    if mu_p is None or std_p is None:
-        return -torch.log(std_q) + 0.5 * (std_q**2 + mu_q**2) - 0.5
-    var_p = (std_p**2).clamp_min(KL_VAR_FLOOR)
-    return torch.log(std_p) - torch.log(std_q) + (std_q**2 + (mu_q - mu_p) ** 2) / (2.0 * var_p) - 0.5
-
-
 def standard_normal(like: Tensor, generator: torch.Generator | None = None) -> Tensor:
-    """Noise shaped and typed as ``like``; drawn from ``generator`` (on its device, then moved) when given.
-
-    The evaluator hands in a CPU generator even when the model runs on CUDA, so the noise
-    is drawn where the generator lives.
-    """
-    if generator is None:
-        return torch.randn_like(like)
-    return torch.randn(like.shape, generator=generator, device=generator.device, dtype=like.dtype).to(like.device)
+    """Noise shaped and typed as ``like``, drawn by the models' one rule (``_common.noise``)."""
+    return noise("normal", like, generator)
 
 
 class PaddedConv3d(nn.Module):
@@ -278,7 +263,7 @@ class LatentBlock(nn.Module):
             features = self.posterior(torch.cat([enc, h], dim=1))
             mu = self.q_mu(features).float()
             std = bounded_std(self.q_raw(features).float(), LATENT_STD_MIN)
-            kl = gaussian_kl(mu, std, mu_p, std_p).sum(dim=(1, 2, 3, 4))
+            kl = gaussian_kl(mu, std, mu_p, std_p, KL_VAR_FLOOR).sum(dim=(1, 2, 3, 4))
         z = mu + temperature * std * standard_normal(mu, generator) if temperature else mu
         out = self.conv_z(z.to(prior.dtype)) + self.prior_skip(prior)
         return LatentOutput(out + (h if self.skip is None else self.skip(h)), kl)

@@ -20,8 +20,7 @@ per-level code statistics, so the two plugins agree on them without importing ea
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,6 +30,7 @@ from torch import Tensor, nn
 
 from bench_core.api import DataSpec
 
+from ._common import by_order, check_shape, eval_mode, source_error
 from .vq_layers import CodeUsage, Decoder, Encoder, QuantizerOutput, ResidualStack, VectorQuantizerEMA
 
 LAYOUTS = ("rosinality", "bn_dropout")
@@ -86,22 +86,6 @@ VQ2_TINY: dict[str, Any] = {
 }
 
 
-@contextmanager
-def eval_mode(module: nn.Module) -> Iterator[None]:
-    """Run ``module`` in eval mode, then restore its previous mode.
-
-    Evaluation and code extraction must never move batch-norm or codebook statistics, even
-    when the caller left the model in training mode (a source bug updated the EMA codebooks
-    on validation batches).
-    """
-    was_training = module.training
-    module.eval()
-    try:
-        yield
-    finally:
-        module.train(was_training)
-
-
 def input_problem(name: str, spec: DataSpec, bottom_down: int) -> str | None:
     """Why a VQ-VAE-2 with ``bottom_down`` halvings to the bottom grid cannot serve ``spec``."""
     if spec.dims != 2:
@@ -122,9 +106,11 @@ def latent_shapes(shape: tuple[int, ...], bottom_down: int) -> tuple[tuple[int, 
 
 
 class BNResidualStack(nn.Sequential):
-    """Seed 002's residual stack: layers ``x + drop(bn(conv1x1(relu(conv3x3(relu(x))))))``, then ReLU.
+    """Seed 002's residual stack: layers ``r + drop(bn(conv1x1(relu(conv3x3(r)))))`` with ``r = relu(x)``, then ReLU.
 
-    Both convolutions have no bias (batch norm follows); dropout is active only in training.
+    The skip carries ``relu(x)``, not ``x``: the source's block opens with an in-place ReLU,
+    which rewrites the tensor its skip adds. Both convolutions have no bias (batch norm
+    follows); dropout is active only in training.
     """
 
     def __init__(self, channels: int, hidden: int, n_layers: int, dropout: float) -> None:
@@ -135,7 +121,6 @@ class _BNResLayer(nn.Module):
     def __init__(self, channels: int, hidden: int, dropout: float) -> None:
         super().__init__()
         self.body = nn.Sequential(
-            nn.ReLU(),
             nn.Conv2d(channels, hidden, 3, padding=1, bias=False),
             nn.ReLU(),
             nn.Conv2d(hidden, channels, 1, bias=False),
@@ -144,6 +129,7 @@ class _BNResLayer(nn.Module):
         )
 
     def forward(self, x: Tensor) -> Tensor:
+        x = F.relu(x)
         return x + self.body(x)
 
 
@@ -245,29 +231,35 @@ class VQVAE2Net(nn.Module):
             raise ValueError(f"unknown layers {config['layers']!r}; valid: {', '.join(LAYOUTS)}")
         hidden, dim = config["hidden"], config["embedding_dim"]
         res = (config["res_hidden"], config["n_res_layers"])
-        down = config["bottom_down"]
-        if config["layers"] == "rosinality":
-            self.enc_b = rosinality_encoder(in_channels, hidden, *res, down)
-            self.enc_t = rosinality_encoder(hidden, hidden, *res, 1)
-            self.dec_t = Decoder(dim, dim, hidden, *res, 1)
-            self.dec = Decoder(2 * dim, in_channels, hidden, *res, down)
-        else:
-            drop = config["dropout"]
-            self.enc_b = BNEncoder(in_channels, hidden, *res, down, drop)
-            self.enc_t = BNEncoder(hidden, hidden, *res, 1, drop)
-            self.dec_t = BNDecoder(dim, dim, hidden, *res, 1, drop)
-            self.dec = BNDecoder(2 * dim, in_channels, hidden, *res, down, drop)
-        self.quantize_conv_t = nn.Conv2d(hidden, dim, 1)
-        self.quantize_conv_b = nn.Conv2d(dim + hidden, dim, 1)
-        self.upsample_t = nn.ConvTranspose2d(dim, dim, 4, stride=2, padding=1)
+        down, drop = config["bottom_down"], config["dropout"]
+        rosinality = config["layers"] == "rosinality"
         ema = {
             "decay": config["ema_decay"],
             "eps": config["eps"],
             "dead_code_restart": config["dead_code_restart"],
             "dead_code_threshold": config["dead_code_threshold"],
         }
+        # Modules are created in the order both sources create theirs (rosinality's VQ-VAE and
+        # seed 002's ResponsiveVQVAE2 agree), so one seed gives the sources' initial weights.
+        if rosinality:
+            self.enc_b = rosinality_encoder(in_channels, hidden, *res, down)
+            self.enc_t = rosinality_encoder(hidden, hidden, *res, 1)
+        else:
+            self.enc_b = BNEncoder(in_channels, hidden, *res, down, drop)
+            self.enc_t = BNEncoder(hidden, hidden, *res, 1, drop)
+        self.quantize_conv_t = nn.Conv2d(hidden, dim, 1)
         self.quantize_t = VectorQuantizerEMA(dim, config["n_embeddings"], **ema)
+        self.dec_t = Decoder(dim, dim, hidden, *res, 1) if rosinality else BNDecoder(dim, dim, hidden, *res, 1, drop)
+        self.quantize_conv_b = nn.Conv2d(dim + hidden, dim, 1)
         self.quantize_b = VectorQuantizerEMA(dim, config["n_embeddings"], **ema)
+        self.upsample_t = nn.ConvTranspose2d(dim, dim, 4, stride=2, padding=1)
+        if rosinality:
+            self.dec = Decoder(2 * dim, in_channels, hidden, *res, down)
+        else:
+            self.dec = BNDecoder(2 * dim, in_channels, hidden, *res, down, drop)
+        # The final decoder's input: rosinality concatenates [upsampled top, bottom], seed 002
+        # [bottom, upsampled top] (the order its weights were trained with).
+        self.bottom_first = not rosinality
 
     def encode(self, x: Tensor) -> tuple[QuantizerOutput, QuantizerOutput]:
         """Quantise ``x`` ``(B, C, H, W)``: the top and bottom quantiser outputs."""
@@ -279,7 +271,8 @@ class VQVAE2Net(nn.Module):
 
     def decode(self, quant_t: Tensor, quant_b: Tensor) -> Tensor:
         """Decode quantised top ``(B, D, h, w)`` and bottom ``(B, D, 2h, 2w)`` latents to images."""
-        return self.dec(torch.cat([self.upsample_t(quant_t), quant_b], 1))
+        up = self.upsample_t(quant_t)
+        return self.dec(torch.cat([quant_b, up] if self.bottom_first else [up, quant_b], 1))
 
     def decode_codes(self, codes_t: Tensor, codes_b: Tensor) -> Tensor:
         """Decode top ``(B, h, w)`` and bottom ``(B, 2h, 2w)`` code-index grids to images."""
@@ -333,3 +326,88 @@ def level_usage(net: VQVAE2Net, images: Iterable[Tensor]) -> dict[str, float]:
             usage["top"].update(top.indices)
             usage["bottom"].update(bottom.indices)
     return {f"{level}.{k}": v for level, counter in usage.items() for k, v in counter.summary().items()}
+
+
+# -- source checkpoints -------------------------------------------------------------------------
+
+# Our top-level modules and each source's names for them, in the order both create them.
+_SOURCE_NAMES = {
+    "rosinality": {
+        "enc_b": "enc_b",
+        "enc_t": "enc_t",
+        "quantize_conv_t": "quantize_conv_t",
+        "quantize_t": "quantize_t",
+        "dec_t": "dec_t",
+        "quantize_conv_b": "quantize_conv_b",
+        "quantize_b": "quantize_b",
+        "upsample_t": "upsample_t",
+        "dec": "dec",
+    },
+    "bn_dropout": {
+        "enc_b": "encoder_1",
+        "enc_t": "encoder_2",
+        "quantize_conv_t": "pre_vq_conv_2",
+        "quantize_t": "quantize_2",
+        "dec_t": "decoder_2",
+        "quantize_conv_b": "pre_vq_conv_1",
+        "quantize_b": "quantize_1",
+        "upsample_t": "upsample_1",
+        "dec": "decoder_1",
+    },
+}
+_SOURCE_LABELS = {"rosinality": "seed 004 (rosinality VQ-VAE-2)", "bn_dropout": "seed 002 (ResponsiveVQVAE2)"}
+_QUANTIZER_KEYS = {"codebook": "embed", "cluster_size": "cluster_size", "embed_avg": "embed_avg"}
+
+
+def source_layout(state: Mapping[str, Any]) -> str | None:
+    """``"rosinality"`` or ``"bn_dropout"`` for a source VQ-VAE-2 state dict, from its keys; else ``None``."""
+    for layout, names in _SOURCE_NAMES.items():
+        if f"{names['quantize_t']}.embed" in state and f"{names['quantize_b']}.embed" in state:
+            return layout
+    return None
+
+
+def source_in_channels(state: Mapping[str, Tensor], layout: str) -> int:
+    """Image channels of a source VQ-VAE-2: the input width of its first convolution."""
+    prefix = _SOURCE_NAMES[layout]["enc_b"] + "."
+    first = next(v for k, v in state.items() if k.startswith(prefix) and k.endswith("weight"))
+    return int(first.shape[1])
+
+
+def vq2_from_source(
+    model: str, layout: str, target: Mapping[str, Tensor], state: Mapping[str, Tensor]
+) -> dict[str, Tensor]:
+    """Our :class:`VQVAE2Net` state (keys of ``target``, without prefix) from a source state dict.
+
+    Each of our top-level modules takes the tensors of the source module of the same role,
+    paired in registration order (both are built in the source's order); codebooks are
+    transposed from the sources' ``(dim, n_embeddings)``. Every source key must be used.
+    """
+    found = source_layout(state)
+    if found != layout:
+        what = _SOURCE_LABELS.get(found or "", "not a VQ-VAE-2 state dict this plugin knows")
+        raise source_error(
+            model, f"the file holds {what}; the config's layout is {layout!r} ({_SOURCE_LABELS[layout]})"
+        )
+    out: dict[str, Tensor] = {}
+    used: set[str] = set()
+    for ours, theirs in _SOURCE_NAMES[layout].items():
+        mine = {k: v for k, v in target.items() if k.startswith(ours + ".")}
+        src = {k: v for k, v in state.items() if k.startswith(theirs + ".")}
+        used.update(src)
+        if ours in ("quantize_t", "quantize_b"):
+            for key, like in mine.items():
+                name = f"{theirs}.{_QUANTIZER_KEYS[key.split('.', 1)[1]]}"
+                if name not in src:
+                    raise source_error(model, f"missing key {name} (for {key})")
+                value = src[name].t() if src[name].dim() == 2 else src[name]
+                out[key] = check_shape(model, key, name, value, like.shape)
+            extra = sorted(set(src) - {f"{theirs}.{n}" for n in _QUANTIZER_KEYS.values()})
+            if extra:
+                raise source_error(model, f"unknown key {extra[0]}")
+            continue
+        out.update(by_order(model, mine, src, f"{theirs} -> {ours}"))
+    unknown = sorted(set(state) - used)
+    if unknown:
+        raise source_error(model, f"unknown {len(unknown)} key(s), e.g. {', '.join(unknown[:3])}")
+    return {k: v.contiguous() for k, v in out.items()}

@@ -282,7 +282,8 @@ class VectorQuantizerEMA(_VectorQuantizerBase):
         dead_code_threshold: float = 1.0,
     ) -> None:
         super().__init__(dim, n_embeddings, decay, eps, dead_code_restart, dead_code_threshold)
-        codebook = torch.randn(n_embeddings, dim)
+        # Drawn as the sources draw theirs, a (dim, n_embeddings) randn, and stored code-major.
+        codebook = torch.randn(dim, n_embeddings).t().contiguous()
         self.register_buffer("codebook", codebook)
         self.register_buffer("embed_avg", codebook.clone())
 

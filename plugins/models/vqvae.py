@@ -11,8 +11,7 @@ always run in eval mode.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import torch
@@ -29,6 +28,7 @@ from bench_core.api import (
 )
 from bench_core.hookspecs import hookimpl
 
+from ._common import eval_mode
 from .vq_layers import CodeUsage, Decoder, Encoder, QuantizerOutput, VectorQuantizer, VectorQuantizerEMA
 
 _QUANTIZERS = {"ema": VectorQuantizerEMA, "codebook_loss": VectorQuantizer}
@@ -93,7 +93,8 @@ class VQVAE(nn.Module):
     """
 
     name = "vqvae"
-    version = "1.0"
+    # 1.1: the EMA codebook is drawn as a (dim, n) randn, as the VQ-VAE-2 sources draw theirs.
+    version = "1.1"
     api_version = API_VERSION
     capabilities = frozenset({RECONSTRUCT})
     dims = frozenset({2})
@@ -175,32 +176,17 @@ class VQVAE(nn.Module):
         """Encode and decode ``x`` of ``modality`` in eval mode, in the input's value range."""
         if modality != self.modality:
             raise BenchError(f"vqvae was built for modality {self.modality!r}, not {modality!r}")
-        with _eval_mode(self), torch.no_grad():
+        with eval_mode(self), torch.no_grad():
             return self(x)[0]
 
     def evaluation_metrics(self, loader: Iterable[Mapping[str, Any]]) -> dict[str, float]:
         """Codebook usage fraction, perplexity and dead-code count of the codes chosen on ``loader``."""
         usage = CodeUsage(self.quantizer.n_embeddings)
         device = next(self.parameters()).device
-        with _eval_mode(self), torch.no_grad():
+        with eval_mode(self), torch.no_grad():
             for batch in loader:
                 usage.update(self(batch[self.modality].to(device))[1].indices)
         return usage.summary()
-
-
-@contextmanager
-def _eval_mode(module: nn.Module) -> Iterator[None]:
-    """Run ``module`` in eval mode, then restore its previous mode.
-
-    Evaluation must never move batch-norm or codebook statistics, even when the caller
-    left the model in training mode.
-    """
-    was_training = module.training
-    module.eval()
-    try:
-        yield
-    finally:
-        module.train(was_training)
 
 
 @hookimpl

@@ -15,7 +15,7 @@ applied ``Normalize(0.5, 0.5)`` to raw MR values): it works in the dataset's val
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -24,16 +24,19 @@ from torch import Tensor, nn
 from bench_core.api import API_VERSION, RECONSTRUCT, BenchError, DataSpec, OptimizerSpec, TrainingStage
 from bench_core.hookspecs import hookimpl
 
+from ._common import eval_mode, only_dict, source_error, sub_state
 from .vq2_layers import (
     VQ2_SEED002,
     VQ2_SEED004,
     VQ2_TINY,
     VQ2Output,
     VQVAE2Net,
-    eval_mode,
     input_problem,
     level_usage,
+    source_in_channels,
+    source_layout,
     to_memory_format,
+    vq2_from_source,
 )
 
 
@@ -46,7 +49,9 @@ class VQVAE2(nn.Module):
     """
 
     name = "vqvae2"
-    version = "1.0"
+    # 2.0: seed002-oasis follows its source exactly (relu(x) skips, [bottom, top] decoder input);
+    # modules and codebooks are created in the sources' order (their initial weights for a seed).
+    version = "2.0"
     api_version = API_VERSION
     capabilities = frozenset({RECONSTRUCT})
     dims = frozenset({2})
@@ -70,6 +75,28 @@ class VQVAE2(nn.Module):
         """Why this model cannot serve ``spec``: 3D data, paired data or an indivisible shape."""
         # The smallest downsampling of the named configs: a larger configured one is checked on construction.
         return input_problem(cls.name, spec, min(c["bottom_down"] for c in cls.configs.values()))
+
+    @classmethod
+    def source_spec(cls, sources: Sequence[Any], config: Mapping[str, Any]) -> DataSpec:
+        """A data spec the source checkpoint fits: its image channels, a shape its grids divide."""
+        state = _source_state(sources)
+        layout = source_layout(state)
+        if layout is None:
+            raise source_error(cls.name, "no quantiser codebooks (quantize_t/b or quantize_2/1 .embed) found")
+        side = 2 ** (config["bottom_down"] + 3)
+        return DataSpec(("image",), (source_in_channels(state, layout),), 2, (side, side), (-1.0, 1.0))
+
+    @classmethod
+    def from_source(cls, sources: Sequence[Any], config: Mapping[str, Any]) -> dict[str, Tensor]:
+        """Our state dict from a source training checkpoint (seed 004's ``save_model`` dict, or seed 002's state dict).
+
+        The config's ``layers`` picks the source: ``rosinality`` (seed004-hipmri, tiny) or
+        ``bn_dropout`` (seed002-oasis).
+        """
+        state = _source_state(sources)
+        with torch.device("meta"):
+            target = cls(config, cls.source_spec(sources, config)).net.state_dict()
+        return {f"net.{k}": v for k, v in vq2_from_source(cls.name, config["layers"], target, state).items()}
 
     def forward(self, x: Tensor) -> VQ2Output:
         """Encode, quantise and decode ``x`` ``(B, C, H, W)``."""
@@ -109,6 +136,14 @@ class VQVAE2(nn.Module):
         """Per-level codebook usage fraction, perplexity and dead-code count of the codes chosen on ``loader``."""
         device = next(self.parameters()).device
         return level_usage(self.net, (batch[self.modality].to(device) for batch in loader))
+
+
+def _source_state(sources: Sequence[Any]) -> dict[str, Tensor]:
+    """The VQ-VAE-2 state dict of a source file: seed 004 nests it under ``model_state_dict``."""
+    state = only_dict(list(sources), "vqvae2", "one VQ-VAE-2 checkpoint")
+    if "model_state_dict" in state:
+        return sub_state(state, "model_state_dict", "vqvae2")
+    return sub_state({"state": state}, "state", "vqvae2")
 
 
 @hookimpl
