@@ -31,7 +31,7 @@ from bench_core import distributed as ddp
 from bench_core.api import RECONSTRUCT, SAMPLE, TRANSLATE, BenchError, DataSpec
 from bench_core.report.stats import bootstrap_ci
 from bench_core.timing import ThroughputMeter
-from bench_core.trainer import autocast, to_device
+from bench_core.torchutil import autocast, to_device
 
 
 @dataclass(frozen=True)

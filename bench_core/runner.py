@@ -277,7 +277,7 @@ class Runner:
         from bench_core import distributed as ddp
         from bench_core.provenance import environment
         from bench_core.store import ResultsStore
-        from bench_core.trainer import resolve_device
+        from bench_core.torchutil import resolve_device
 
         self.preflight(cells)
         device = ddp.init_from_env(self.suite.device) or resolve_device(self.suite.device)
@@ -385,7 +385,8 @@ class Runner:
         from bench_core.augment import PairedAugment
         from bench_core.checkpoints import TRAIN_STATE, WEIGHTS, checkpoint_key, load_weights, save_weights
         from bench_core.evaluator import tasks_for
-        from bench_core.trainer import TrainSettings, run_stage, seed_everything
+        from bench_core.torchutil import seed_everything
+        from bench_core.trainer import TrainSettings, run_stage
 
         dataset, spec, fingerprint = self._dataset(cell.dataset)
         model_reg = self.registry.get("model", cell.model.plugin)
@@ -405,7 +406,7 @@ class Runner:
         model = model_cls(config, spec).to(device)
         compiled: list[str] = []
         if self.suite.compile and device.type == "cuda":
-            from bench_core.trainer import compile_children
+            from bench_core.torchutil import compile_children
 
             compiled = compile_children(model)
         budget = cell.model.budget

@@ -80,7 +80,8 @@ def check_model_plugin(cls: type, config: str | None = None, spec: DataSpec | No
     import torch
 
     from bench_core.checkpoints import load_weights, save_weights
-    from bench_core.trainer import TrainSettings, run_stage, seed_everything
+    from bench_core.torchutil import seed_everything
+    from bench_core.trainer import TrainSettings, run_stage
 
     _check_common(cls, "model", ("capabilities", "dims", "configs", "default_config"))
     assert set(cls.capabilities) <= CAPABILITIES, (

@@ -24,15 +24,12 @@ stay non-finite still fails after the scale has backed off to it.
 from __future__ import annotations
 
 import math
-import os
-import random
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
@@ -40,12 +37,21 @@ from bench_core import distributed as ddp
 from bench_core.api import BenchError, OptimizerSpec, TrainingStage
 from bench_core.checkpoints import load_train_state, save_train_state, save_weights
 from bench_core.timing import ThroughputMeter
+from bench_core.torchutil import (
+    autocast,
+    batch_len,
+    cuda_devices,
+    fp16_amp,
+    peak_memory,
+    rng_state,
+    set_rng_state,
+    to_device,
+)
 
 MAX_CURVE_POINTS = 200
 # Overflows at or below this loss scale are the model's, not the scaler's (torch's docs: a
 # scale under 1 means something is likely wrong), so they count towards the skip cap.
 MIN_GRAD_SCALE = 1.0
-FORCE_AMP_ENV = "BENCH_FORCE_AMP"
 
 
 class TrainingDiverged(BenchError):
@@ -119,36 +125,6 @@ class StageReport:
     optimizer_state: dict[str, Any] | None = field(default=None, repr=False)
 
 
-def peak_memory(device: torch.device) -> tuple[float, str]:
-    """Peak memory so far in MiB and what was measured (CUDA allocator, or process peak RSS)."""
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20, "torch.cuda.max_memory_allocated during the stage"
-    import resource
-
-    # ru_maxrss is KiB on Linux: the process's peak resident set, so an upper bound for the stage.
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "process peak RSS (ru_maxrss) up to stage end"
-
-
-def seed_everything(seed: int, deterministic: bool = True) -> None:
-    """Seed python, numpy and torch; ask for deterministic kernels where they exist."""
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-    if deterministic:
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.use_deterministic_algorithms(True, warn_only=True)
-        torch.backends.cudnn.benchmark = False
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` picks CUDA when available; asking for CUDA without one is an error."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise BenchError("suite asks for device: cuda but torch sees no CUDA device (use auto or cpu)")
-    return torch.device(name)
-
-
 class EpochSampler(Sampler[int]):
     """A seeded permutation per epoch that can start mid-epoch, so resume replays exactly.
 
@@ -181,61 +157,6 @@ def build_optimizer(spec: OptimizerSpec, params: list[torch.nn.Parameter]) -> to
     if spec.name not in kinds:
         raise BenchError(f"unknown optimizer {spec.name!r}; expected one of {', '.join(kinds)}")
     return kinds[spec.name]()
-
-
-def compile_children(model: torch.nn.Module, backend: str = "inductor") -> list[str]:
-    """``torch.compile`` each direct submodule in place; return the names compiled.
-
-    Submodules rather than the model: stage losses and capability methods call the
-    submodules (encoder, quantiser, priors), not ``model.forward``, so compiling the
-    children is what makes those calls compiled.
-    """
-    names = []
-    for name, child in model.named_children():
-        child.compile(backend=backend)
-        names.append(name)
-    return names
-
-
-def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
-    """Move the tensors of a collated batch to ``device``."""
-    return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
-
-
-def fp16_amp(device: torch.device, precision: str) -> bool:
-    """Whether ``precision`` runs as fp16 with a gradient scaler: amp on CUDA, or with ``$BENCH_FORCE_AMP``."""
-    forced = os.environ.get(FORCE_AMP_ENV, "") not in ("", "0")
-    return precision == "amp" and (device.type == "cuda" or forced)
-
-
-def autocast(device: torch.device, precision: str) -> torch.autocast:
-    """The autocast context for ``precision`` (fp32 disables it)."""
-    if fp16_amp(device, precision):
-        return torch.autocast(device.type, dtype=torch.float16)
-    if precision in ("bf16", "amp"):
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    return torch.autocast(device.type, enabled=False)
-
-
-def _rng_state() -> dict[str, Any]:
-    np_state = np.random.get_state()
-    state = {
-        "torch": torch.get_rng_state(),
-        "numpy": torch.from_numpy(np_state[1].astype(np.int64)),
-        "numpy_pos": int(np_state[2]),
-        "python": list(random.getstate()[1]),
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    np.random.set_state(("MT19937", state["numpy"].numpy().astype(np.uint32), state["numpy_pos"], 0, 0.0))
-    random.setstate((3, tuple(state["python"]), None))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 class _Curve:
@@ -324,7 +245,7 @@ def run_stage(
         best = saved.get("best", best)
         if "augment_rng" in saved:
             aug_gen.set_state(saved["augment_rng"])
-        _set_rng_state(saved["rng"])
+        set_rng_state(saved["rng"])
     else:
         ddp.broadcast_module(model)  # every rank starts from rank 0's initialisation
         if settings.initial_optimizer is not None:
@@ -345,7 +266,7 @@ def run_stage(
                 "stage": stage.name, "step": step, "skipped": skipped, "curve": curve_points,
                 "overflow_skipped": overflow_skipped, "grad_scale_min": scale_min,
                 "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
-                "ema": ema, "rng": _rng_state(), "augment_rng": aug_gen.get_state(), "best": best,
+                "ema": ema, "rng": rng_state(), "augment_rng": aug_gen.get_state(), "best": best,
             },
         )  # fmt: skip
 
@@ -358,7 +279,7 @@ def run_stage(
         """Score the current (EMA) weights on rank 0; keep them when they beat the best so far."""
         if settings.validate is None or not ddp.is_main():
             return
-        with _weights_of(params, ema), torch.random.fork_rng(devices=_cuda_devices(device)):
+        with _weights_of(params, ema), torch.random.fork_rng(devices=cuda_devices(device)):
             model.eval()
             with torch.no_grad():
                 value = float(settings.validate())
@@ -394,7 +315,7 @@ def run_stage(
             if not ddp.all_true(bool(torch.isfinite(loss)), device):  # all ranks take the same branch
                 return "skipped", values, loss  # before unscale_: nothing for the scaler to settle
             # Weighted by the pass's share of the update's items: the gradient of one big batch.
-            share = _batch_len(batch) / items
+            share = batch_len(batch) / items
             scaler.scale(loss * share if accumulate > 1 else loss).backward()
             for k, v in out.items():
                 if torch.is_tensor(v) and v.numel() == 1:
@@ -438,7 +359,7 @@ def run_stage(
                 persistent_workers=False,
             )
             for group in micro_batches(loader):
-                items = sum(_batch_len(b) for b in group)
+                items = sum(batch_len(b) for b in group)
                 with meter.measure(items * world):
                     outcome, values, loss = update(group, items)
                 if scale_min is not None:
@@ -538,10 +459,6 @@ class _weights_of:
         self._swap()
 
 
-def _cuda_devices(device: torch.device) -> list[int]:
-    return [device.index or 0] if device.type == "cuda" else []
-
-
 def _clip(stage: TrainingStage, params: list[torch.nn.Parameter]) -> torch.Tensor:
     """Clip gradients as the stage asks; return the total norm before clipping (for skipping)."""
     limit = stage.grad_clip if stage.grad_clip is not None else math.inf
@@ -549,13 +466,6 @@ def _clip(stage: TrainingStage, params: list[torch.nn.Parameter]) -> torch.Tenso
         return torch.nn.utils.clip_grad_norm_(params, limit)
     norms = [torch.nn.utils.clip_grad_norm_(list(group), limit) for group in stage.clip_groups()]
     return torch.linalg.vector_norm(torch.stack(norms))
-
-
-def _batch_len(batch: dict[str, Any]) -> int:
-    for v in batch.values():
-        if torch.is_tensor(v):
-            return int(v.shape[0])
-    return 0
 
 
 class _progress:

@@ -18,7 +18,8 @@ import yaml
 from fakeplugins import ToyAE, ToyData
 
 from bench_core.checkpoints import load_train_state
-from bench_core.trainer import FORCE_AMP_ENV, TrainingDiverged, TrainSettings, run_stage, seed_everything
+from bench_core.torchutil import FORCE_AMP_ENV, seed_everything
+from bench_core.trainer import TrainingDiverged, TrainSettings, run_stage
 
 QUICKSTART = Path(__file__).parents[2] / "suites" / "quickstart.yaml"
 GROWTH = 8  # clean updates before the scale doubles (torch's default is 2000)

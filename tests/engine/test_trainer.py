@@ -5,7 +5,8 @@ import torch
 from fakeplugins import ToyAE, ToyData
 
 from bench_core.api import BenchError, OptimizerSpec, TrainingStage
-from bench_core.trainer import EpochSampler, TrainingDiverged, TrainSettings, resolve_device, run_stage, seed_everything
+from bench_core.torchutil import resolve_device, seed_everything
+from bench_core.trainer import EpochSampler, TrainingDiverged, TrainSettings, run_stage
 
 
 @pytest.fixture(scope="module")
@@ -145,7 +146,7 @@ def test_clip_groups_clip_each_group_separately(toy, tmp_path):
 
 
 def test_compile_children_keeps_outputs(toy):
-    from bench_core.trainer import compile_children
+    from bench_core.torchutil import compile_children
 
     _, spec = toy
     model = make_model(spec)
