@@ -40,7 +40,7 @@ import numpy as np
 from bench_core.api import API_VERSION, BenchError, MetricValue
 from bench_core.hookspecs import hookimpl
 
-from .inception import InceptionMetricBase
+from .features import FeatureMetricBase
 
 RECOMMENDED_N = 2048
 
@@ -67,9 +67,13 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma
 
 
 class GaussianStats:
-    """Running mean and covariance of feature vectors in float64, from shifted sums."""
+    """Running mean and covariance of feature vectors in float64, from shifted sums.
 
-    def __init__(self, dim: int) -> None:
+    ``dim=None`` takes the size of the first features added (the pyramid space's size
+    depends on the channel count).
+    """
+
+    def __init__(self, dim: int | None = None) -> None:
         self.dim = dim
         self.reset()
 
@@ -77,14 +81,16 @@ class GaussianStats:
         """Forget everything added."""
         self.n = 0
         self.shift: np.ndarray | None = None
-        self.sum = np.zeros(self.dim)
-        self.outer = np.zeros((self.dim, self.dim))
+        self.sum = np.zeros(self.dim or 0)
+        self.outer = np.zeros((self.dim or 0, self.dim or 0))
 
     def add(self, feats: np.ndarray) -> None:
         """Accumulate ``(n, dim)`` features."""
         x = feats.astype(np.float64)
         if self.shift is None:
             self.shift = x[0].copy()  # the first vector: independent of how the stream is batched
+            if self.dim is None:
+                self.sum, self.outer = np.zeros(x.shape[1]), np.zeros((x.shape[1], x.shape[1]))
         x = x - self.shift
         self.n += len(x)
         self.sum += x.sum(0)
@@ -98,7 +104,7 @@ class GaussianStats:
         return self.shift + centred_mean, cov
 
 
-class FID(InceptionMetricBase):
+class FID(FeatureMetricBase):
     """Fréchet Inception Distance between predictions (generated) and targets (real).
 
     Options: ``data_range``, ``dims`` (2, or 3 for 2.5D per-plane FID), ``weights`` (path to
@@ -106,7 +112,8 @@ class FID(InceptionMetricBase):
     cache; ``"random:SEED"`` for tests only), ``feature_dims`` (2048 pool3 as standard; 64, 192
     or 768 for pytorch-fid's earlier blocks, like its ``--dims``), ``out_of_range``,
     ``feature_cache`` (True: real images' features are kept in the on-disk cache, see
-    :mod:`.inception`).
+    :mod:`.inception`), ``features`` (``"inception"``; ``"pyramid"`` for the weight-free
+    descriptors of :mod:`.features`: a Fréchet distance in that space, not comparable with FID).
     """
 
     name = "fid"
@@ -124,12 +131,13 @@ class FID(InceptionMetricBase):
         feature_dims: int = 2048,
         out_of_range: str = "error",
         feature_cache: bool = True,
+        features: str = "inception",
     ) -> None:
-        super().__init__(data_range, dims, weights, feature_dims, out_of_range, feature_cache)
-        n_sets = len(self.planes) or 1
-        self._real = [GaussianStats(feature_dims) for _ in range(n_sets)]
-        self._fake = [GaussianStats(feature_dims) for _ in range(n_sets)]
-        self._clipped = [0] * n_sets
+        super().__init__(data_range, dims, weights, feature_dims, out_of_range, feature_cache, features)
+        dim = feature_dims if features == "inception" else None
+        self._real = [GaussianStats(dim) for _ in range(self.n_sets)]
+        self._fake = [GaussianStats(dim) for _ in range(self.n_sets)]
+        self._clipped = [0] * self.n_sets
 
     def _add(self, real: list[np.ndarray], fake: list[np.ndarray]) -> None:
         for stats, feats in zip(self._real + self._fake, real + fake, strict=True):
@@ -137,7 +145,7 @@ class FID(InceptionMetricBase):
 
     def compute(self) -> MetricValue:
         """FID of everything seen since reset (``nan`` with a reason when unavailable)."""
-        if not self.source.available:
+        if not self.space.available:
             return self._unavailable()
         n_real, n_fake = self._real[0].n, self._fake[0].n
         if min(n_real, n_fake) < 2:

@@ -1,4 +1,6 @@
-"""Shared Inception feature extractor for FID and KID: pytorch-fid's network, offline weights only.
+"""Shared Inception feature extractor of the distribution metrics: pytorch-fid's network, offline weights only.
+
+The metrics reach it through :class:`.features.InceptionSpace` (their option ``features="inception"``).
 
 The network is pytorch-fid's FID InceptionV3 (the TF 2015-12-05 graph ported to PyTorch, with
 its patched pooling blocks), assembled here from ``pytorch_fid.inception``'s building blocks in
@@ -56,20 +58,16 @@ import re
 import sqlite3
 import threading
 import warnings
-from abc import ABC, abstractmethod
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bench_core.api import BenchError, MetricValue, cache_dir
-
-from ._reduce import OUT_OF_RANGE_POLICIES, RANGE_TOLERANCE, check_options, check_range
+from bench_core.api import BenchError, cache_dir
 
 FID_WEIGHTS_FILE = "pt_inception-2015-12-05-6726825d.pth"
 FID_WEIGHTS_SHA256_PREFIX = "6726825d"  # torch hub names files by the first 8 hex digits of their sha256
@@ -508,16 +506,26 @@ def clear_cache() -> None:
     _DISK_CACHES.clear()
 
 
+def plane_slices(x: torch.Tensor, dims: int) -> list[torch.Tensor]:
+    """``(N, C, *spatial)`` items -> 2D batches ``(N, C, H, W)``: the items in 2D, three centre-slice planes in 3D.
+
+    3D: one batch per plane of :data:`PLANES`, the centre slices of every volume: axial
+    ``x[:, :, D // 2]``, coronal ``x[:, :, :, H // 2]``, sagittal ``x[:, :, :, :, W // 2]``. The
+    names assume the dataset's (D, H, W) orientation: D the inferior-superior (slice) axis, H
+    anterior-posterior, W left-right, as in a stack of axial slices. Volumes in NIfTI voxel
+    order (X, Y, Z), e.g. RAS, have D = left-right: there the ``axial`` plane is anatomically
+    sagittal and ``sagittal`` axial.
+    """
+    if dims == 2:
+        return [x]
+    d, h, w = x.shape[2:]
+    return [x[:, :, d // 2], x[:, :, :, h // 2], x[:, :, :, :, w // 2]]
+
+
 def to_inception_batches(x: torch.Tensor, dims: int, data_range: float) -> list[torch.Tensor]:
     """``(N, C, *spatial)`` items in ``[0, data_range]`` -> 3-channel 2D batches in ``[0, 1]``.
 
-    2D: one batch. 3D: three batches, one per plane of :data:`PLANES`, each the centre slices
-    of every volume: axial ``x[:, :, D // 2]``, coronal ``x[:, :, :, H // 2]``, sagittal
-    ``x[:, :, :, :, W // 2]``. The names assume the dataset's (D, H, W) orientation: D the
-    inferior-superior (slice) axis, H anterior-posterior, W left-right, as in a stack of axial
-    slices. Volumes in NIfTI voxel order (X, Y, Z), e.g. RAS, have D = left-right: there the
-    ``axial`` plane is anatomically sagittal and ``sagittal`` axial. Channels must be 1
-    (repeated to 3) or 3.
+    The planes of :func:`plane_slices`; channels must be 1 (repeated to 3) or 3.
     """
     channels = x.shape[1]
     if channels not in (1, 3):
@@ -525,128 +533,4 @@ def to_inception_batches(x: torch.Tensor, dims: int, data_range: float) -> list[
     x = x / data_range
     if channels == 1:
         x = x.expand(-1, 3, *x.shape[2:])
-    if dims == 2:
-        return [x]
-    d, h, w = x.shape[2:]
-    return [x[:, :, d // 2], x[:, :, :, h // 2], x[:, :, :, :, w // 2]]
-
-
-class InceptionMetricBase(ABC):
-    """Input handling shared by FID and KID: checks, weights lookup, feature extraction, counts.
-
-    Subclasses set ``name`` and implement ``_add(real, fake)``: the feature arrays of one
-    update, one per feature set (one set in 2D; in 3D one per plane of :data:`PLANES`, in that
-    order). ``feature_cache=False`` keeps features off the on-disk cache (module docstring).
-    """
-
-    name = "inception-metric"
-
-    def __init__(
-        self,
-        data_range: float = 1.0,
-        dims: int = 2,
-        weights: str | None = None,
-        feature_dims: int = 2048,
-        out_of_range: str = "error",
-        feature_cache: bool = True,
-    ) -> None:
-        check_options(self.name, data_range, dims, frozenset({2, 3}))
-        if not isinstance(feature_cache, bool):
-            raise BenchError(f"{self.name}: feature_cache must be true or false, got {feature_cache!r}")
-        if out_of_range not in OUT_OF_RANGE_POLICIES:
-            raise BenchError(f"{self.name}: out_of_range must be one of {OUT_OF_RANGE_POLICIES}, got {out_of_range!r}")
-        if feature_dims not in BLOCK_INDEX_BY_DIM:
-            raise BenchError(
-                f"{self.name}: feature_dims must be one of {sorted(BLOCK_INDEX_BY_DIM)}, got {feature_dims!r}"
-            )
-        self.data_range = float(data_range)
-        # Not `self.dims`: that class attribute lists the supported dims for the registry.
-        self.spatial_dims = dims
-        self.feature_dims = feature_dims
-        self.out_of_range = out_of_range
-        self.feature_cache = feature_cache
-        self.planes: tuple[str, ...] = PLANES if dims == 3 else ()
-        self.source = resolve_weights(weights)
-        if self.source.available:
-            error = load_error(self.source, feature_dims)
-            if error is not None:
-                self.source = WeightsSource("unavailable", path=self.source.path, reason=error)
-        self.n_real = 0
-        self.n_fake = 0
-        self._clamped = 0
-        self._channels: set[int] = set()
-
-    def _check(self, what: str, x: torch.Tensor) -> torch.Tensor:
-        if not torch.is_tensor(x) or not x.is_floating_point():
-            raise BenchError(f"{self.name}: {what} must be a float tensor")
-        if x.dim() != self.spatial_dims + 2 or x.shape[0] == 0:
-            layout = "(N, C, H, W)" if self.spatial_dims == 2 else "(N, C, D, H, W)"
-            raise BenchError(f"{self.name}: expected non-empty {layout} {what}, got shape {tuple(x.shape)}")
-        if x.shape[1] not in (1, 3):
-            raise BenchError(f"{self.name}: {what} has {x.shape[1]} channels; Inception features need 1 or 3")
-        x, clamped = check_range(self.name, what, x, self.data_range, self.out_of_range)
-        self._clamped += clamped
-        self._channels.add(int(x.shape[1]))
-        return x
-
-    def _features(self, x: torch.Tensor, disk: bool) -> list[np.ndarray]:
-        batches = to_inception_batches(x, self.spatial_dims, self.data_range)
-        return [features(b, self.source, self.feature_dims, disk=disk) for b in batches]
-
-    def update(self, pred: torch.Tensor, target: torch.Tensor) -> None:
-        """Add generated (``pred``) and real (``target``) items; their counts may differ."""
-        pred = self._check("pred", pred)
-        target = self._check("target", target)
-        self.n_fake += pred.shape[0]
-        self.n_real += target.shape[0]
-        if self.source.available:
-            # Only the real images go to the disk cache: they recur across runs, generated ones rarely do.
-            self._add(self._features(target, disk=self.feature_cache), self._features(pred, disk=False))
-
-    @abstractmethod
-    def _add(self, real: list[np.ndarray], fake: list[np.ndarray]) -> None:
-        """Accumulate the features of one update's real and generated items (one array per feature set)."""
-
-    def _reset_counts(self) -> None:
-        self.n_real = 0
-        self.n_fake = 0
-        self._clamped = 0
-        self._channels = set()
-
-    def _unavailable(self, reason: str | None = None) -> MetricValue:
-        settings = {**self.settings(), "status": "unavailable", "reason": reason or self.source.reason}
-        return MetricValue(value=float("nan"), std=None, n=self.n_fake, settings=settings)
-
-    def _common_settings(self) -> dict[str, Any]:
-        block = BLOCK_NAMES[self.feature_dims]
-        settings: dict[str, Any] = {
-            "status": "ok" if self.source.available else "unavailable",
-            "extractor": f"pytorch-fid InceptionV3 {block} {self.feature_dims}",
-            **self.source.provenance(),
-            "resize": f"{RESIZE}x{RESIZE} bilinear, align_corners=False (pytorch-fid resize_input=True)",
-            "input_scaling": "x / data_range to [0, 1], then 2x - 1 (pytorch-fid normalize_input=True)",
-            "channels": "gray repeated to 3 channels; RGB as is",
-            "input_channels": sorted(self._channels),
-            "data_range": self.data_range,
-            "dims": self.spatial_dims,
-            "n_real": self.n_real,
-            "n_fake": self.n_fake,
-            "out_of_range": self.out_of_range,
-            "range_tolerance": RANGE_TOLERANCE * self.data_range,
-            "clamped_values": self._clamped,
-        }
-        if self.spatial_dims == 3:
-            settings["planes"] = (
-                "2.5D: value = mean of the per-plane values (components), one feature set per plane of "
-                "centre slices: " + "; ".join(f"{p} = {PLANE_SLICES[p]}" for p in PLANES) + ". Plane names "
-                "assume the dataset's (D, H, W) orientation with D the inferior-superior axis"
-            )
-        if self.source.kind == "unavailable":
-            settings["reason"] = self.source.reason
-        return settings
-
-    def _component(self, settings: dict[str, Any], plane: str, value: float, std: float | None) -> MetricValue:
-        """One plane's value as a :attr:`MetricValue.components` entry (row ``<metric>.<plane>``)."""
-        part = {k: v for k, v in settings.items() if k != "planes"}
-        part["plane"] = f"{plane}: {PLANE_SLICES[plane]}; assumes the dataset's (D, H, W) orientation"
-        return MetricValue(value=value, std=std, n=self.n_fake, settings=part)
+    return plane_slices(x, dims)

@@ -38,7 +38,7 @@ from bench_core.api import API_VERSION, BenchError, MetricValue
 from bench_core.hookspecs import hookimpl
 
 from ._reduce import Reservoir
-from .inception import InceptionMetricBase
+from .features import FeatureMetricBase
 
 _GRAM_BYTES = 512 * 1024 * 1024
 _PLANE_STD = "population std over subsets of this plane's MMD^2"
@@ -56,11 +56,11 @@ def mmd2_unbiased(k_xx: np.ndarray, k_yy: np.ndarray, k_xy: np.ndarray) -> float
     return float(within - 2.0 * k_xy.sum() / (m * m))
 
 
-class KID(InceptionMetricBase):
+class KID(FeatureMetricBase):
     """Kernel Inception Distance between predictions (generated) and targets (real).
 
     Options: those of :class:`~.fid.FID` (``weights``, ``feature_dims``, ``out_of_range``,
-    ``feature_cache``) plus
+    ``feature_cache``, ``features``) plus
     ``subset_size`` (1000), ``n_subsets`` (100), ``seed`` (0, subset and reservoir sampling)
     and ``max_samples`` (10 000 feature vectors kept per side, per plane in 3D).
     """
@@ -84,20 +84,20 @@ class KID(InceptionMetricBase):
         max_samples: int = 10_000,
         out_of_range: str = "error",
         feature_cache: bool = True,
+        features: str = "inception",
     ) -> None:
         for option, value in (("subset_size", subset_size), ("n_subsets", n_subsets), ("max_samples", max_samples)):
             if not (isinstance(value, int) and value >= 1):
                 raise BenchError(f"kid: {option} must be a positive integer, got {value!r}")
-        super().__init__(data_range, dims, weights, feature_dims, out_of_range, feature_cache)
+        super().__init__(data_range, dims, weights, feature_dims, out_of_range, feature_cache, features)
         self.subset_size = subset_size
         self.n_subsets = n_subsets
         self.seed = int(seed)
         self.max_samples = max_samples
         # Different seeds for the two sides (the same seed would replace the same slots), but the
         # same for every plane: each plane then keeps the same volumes.
-        n_sets = len(self.planes) or 1
-        self._real = [Reservoir(max_samples, seed=self.seed * 2) for _ in range(n_sets)]
-        self._fake = [Reservoir(max_samples, seed=self.seed * 2 + 1) for _ in range(n_sets)]
+        self._real = [Reservoir(max_samples, seed=self.seed * 2) for _ in range(self.n_sets)]
+        self._fake = [Reservoir(max_samples, seed=self.seed * 2 + 1) for _ in range(self.n_sets)]
 
     def _add(self, real: list[np.ndarray], fake: list[np.ndarray]) -> None:
         for reservoir, feats in zip(self._real + self._fake, real + fake, strict=True):
@@ -105,7 +105,7 @@ class KID(InceptionMetricBase):
 
     def compute(self) -> MetricValue:
         """KID mean and std over subsets (``nan`` with a reason when unavailable)."""
-        if not self.source.available:
+        if not self.space.available:
             return self._unavailable()
         seen_r, seen_f = self._real[0].seen, self._fake[0].seen
         m = min(self.subset_size, seen_r, seen_f, self.max_samples)
