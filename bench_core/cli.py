@@ -87,6 +87,11 @@ def cmd_plugins(args: argparse.Namespace) -> int:
     from bench_core.api import API_VERSION
 
     registry = _registry(args)
+    if args.details or args.json:
+        from bench_core.describe import render
+
+        print(render(registry, args.details, as_json=args.json))
+        return EXIT_OK
     print(f"plugin API v{API_VERSION}")
     for source in sorted(registry.sources, key=lambda s: (s.distribution, s.entry_point)):
         provides = ", ".join(f"{kind} {name}" for kind, name in source.provides) or "nothing"
@@ -222,6 +227,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     plugins = sub.add_parser("plugins", help="list plugins, what they provide and load errors")
     plugins.add_argument("--trace", action="store_true", help="trace hook calls (same as BENCH_TRACE_PLUGINS=1)")
+    plugins.add_argument(
+        "--details", metavar="NAME",
+        help="describe plugin NAME: a model's configs, capabilities, tasks and dims; a dataset's options, embedded "
+        "data and obtain hint; a metric's options, direction, kind and dims",
+    )  # fmt: skip
+    plugins.add_argument("--json", action="store_true", help="print the list (with --details: the description) as JSON")
     plugins.set_defaults(func=cmd_plugins)
 
     report = sub.add_parser("report", help="rebuild the HTML report from a results store")
