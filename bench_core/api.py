@@ -272,12 +272,21 @@ class MetricPlugin(Protocol):
     ``settings()`` returns every choice that changes the number (data_range, window,
     preset, weights hash, ...): it is stored as the value's provenance, and values with
     different settings are never ranked together.
+
+    Optional, for metrics that compare samples with the *training* set (memorisation): a
+    class attribute ``needs_train = True`` and a method ``update_train(images, ids)``. The
+    engine then builds the metric for the ``sample`` task only and, after the test pass, streams
+    the training split's target images through ``update_train`` (``(N, C, *spatial)`` mapped to
+    ``[0, data_range]`` like the targets, with the items' ids), before ``compute``. A metric
+    that got no training items should report itself unavailable (``value = nan``,
+    ``settings["status"] = "unavailable"`` and the reason). Metrics without the attribute are
+    never given training items.
     """
 
     name: ClassVar[str]
     version: ClassVar[str]
     api_version: ClassVar[int]
-    higher_is_better: ClassVar[bool]
+    higher_is_better: ClassVar[bool | None]  # None: no ranking direction (shown, never ranked)
     kind: ClassVar[str]  # "paired" | "distribution"
     dims: ClassVar[frozenset[int]]
 
