@@ -29,7 +29,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from bench_core import distributed as ddp
 from bench_core.api import RECONSTRUCT, SAMPLE, TRANSLATE, BenchError, DataSpec
-from bench_core.report.stats import bootstrap_ci
+from bench_core.feeder import Computed
+from bench_core.rows import ResultRow, input_dependence_row, metric_rows, throughput_row
 from bench_core.timing import ThroughputMeter
 from bench_core.torchutil import autocast, to_device
 
@@ -58,10 +59,6 @@ def tasks_for(capabilities: frozenset[str], spec: DataSpec) -> list[Task]:
     if SAMPLE in capabilities:
         tasks.append(Task("sample", SAMPLE, None, spec.modalities[0]))
     return tasks
-
-
-INPUT_DEPENDENCE_FLAG = 0.05
-"""Below this ratio of output spread to target spread, a task's output does not depend on its input."""
 
 
 class Spread:
@@ -94,19 +91,6 @@ class Spread:
         return float(variance.mean().sqrt())
 
 
-def input_dependence_row(task: str, pred: Spread, target: Spread) -> dict[str, Any]:
-    """The diagnostic row of a task: output spread over target spread across test items."""
-    p, t = pred.compute(), target.compute()
-    ratio = p / t if t > 0 else float("nan")
-    return {
-        "task": task, "metric": "input_dependence", "value": ratio, "std": None, "n": pred.n,
-        "higher_is_better": None, "kind": "diagnostic",
-        "settings": {"definition": "RMS over pixels of the per-pixel std across test items, outputs / targets",
-                     "flag_below": INPUT_DEPENDENCE_FLAG, "output_spread": p, "target_spread": t},
-        "provenance": {"plugin": "engine"},
-    }  # fmt: skip
-
-
 @dataclass
 class EvalSettings:
     """Evaluation settings resolved from the suite."""
@@ -128,7 +112,7 @@ class EvalSettings:
 class EvalOutcome:
     """Metric rows for the store, per-file values for the eval JSON, and timings."""
 
-    rows: list[dict[str, Any]] = field(default_factory=list)
+    rows: list[ResultRow] = field(default_factory=list)
     per_file: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
     grids: dict[str, str] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
@@ -244,39 +228,22 @@ def evaluate(
     _feed_training_items(train, spec, tasks, instances, settings)
     for task in tasks:
         st = state[task.name]
-        clamp_note = {"pred_clamped": st.clamped, "pred_values": st.values_total}
+        counters = {"pred_clamped": st.clamped, "pred_values": st.values_total}
         for name, metric in instances[task.name].items():
-            cls = metrics[name][0]
-            result = metric.compute()
-            parts = [(name, result)] + [(f"{name}.{key}", sub) for key, sub in result.components.items()]
-            for row_name, value in parts:
-                outcome.rows.append(
-                    {
-                        "task": task.name, "metric": row_name, "value": value.value, "std": value.std, "n": value.n,
-                        "higher_is_better": cls.higher_is_better, "settings": {**value.settings, **clamp_note},
-                        "provenance": {"plugin": name, "version": cls.version},
-                    }
-                )  # fmt: skip
-            if name in st.per_file and (ci := bootstrap_ci(list(st.per_file[name].values()))) is not None:
-                outcome.rows[-1 - len(result.components)].update(ci_low=ci[0], ci_high=ci[1])
-            if name in st.per_file:
+            result = Computed(name, metrics[name][0], metric.compute(), st.per_file.get(name))
+            outcome.rows += metric_rows(task.name, result, counters)
+            if result.per_item is not None:
                 outcome.per_file.setdefault(task.name, {})[name] = {
-                    "mean": result.value, "std": result.std, "n": result.n, "per_file": st.per_file[name],
+                    "mean": result.value.value, "std": result.value.std, "n": result.value.n,
+                    "per_file": result.per_item,
                 }  # fmt: skip
         if task.kind != SAMPLE:
-            outcome.rows.append(input_dependence_row(task.name, st.pred_spread, st.target_spread))
+            spread = (st.pred_spread.compute(), st.target_spread.compute())
+            outcome.rows.append(input_dependence_row(task.name, *spread, st.pred_spread.n))
         if st.meter.per_second is not None:
-            outcome.rows.append(
-                {
-                    "task": task.name, "metric": "images_per_s", "value": st.meter.per_second,
-                    "std": None, "n": st.meter.items, "higher_is_better": True, "kind": "throughput",
-                    "settings": {
-                        "batch_size": settings.batch_size, "device": str(settings.device),
-                        "precision": settings.precision, "protocol": f"model calls per batch: {st.meter.protocol}",
-                    },
-                    "provenance": {"plugin": "engine"},
-                }
-            )  # fmt: skip
+            timing = {"batch_size": settings.batch_size, "device": str(settings.device),
+                      "precision": settings.precision, "protocol": f"model calls per batch: {st.meter.protocol}"}
+            outcome.rows.append(throughput_row(task.name, "images_per_s", st.meter.per_second, st.meter.items, timing))
         if settings.save_images and st.grid_rows:
             path = out_dir / f"{task.name}_grid.png"
             _save_grid(path, st.grid_rows)

@@ -38,8 +38,8 @@ def export(output_dir: Path, fmt: str, out: Path | None = None) -> str:
         store.close()
     import pandas as pd
 
-    frame = pd.DataFrame(rows)
-    for column in ("settings", "provenance"):
+    frame = pd.DataFrame([row.as_dict() for row in rows])
+    for column in ("settings", "provenance", "counters"):
         if column in frame:
             frame[column] = frame[column].map(lambda v: json.dumps(v, sort_keys=True))
     ext = {"csv": "csv", "json": "json", "parquet": "parquet"}[fmt]

@@ -25,6 +25,7 @@ from typing import Any, ClassVar
 from bench_core.api import BenchError, cache_dir, merge_config
 from bench_core.fileio import remove_stale_temporaries, write_atomic
 from bench_core.plugins import Registry
+from bench_core.rows import ResultRow, baseline_row, model_rows, stage_rows
 from bench_core.suite import DatasetEntry, ModelEntry, Suite
 
 
@@ -321,7 +322,7 @@ class Runner:
                 summary[status] += 1
                 if store is not None:
                     for row in store.finish_cell(key, status, reason, details, rows):
-                        self.registry.notify("bench_result_written", row=row)
+                        self.registry.notify("bench_result_written", row=row.as_dict())
                     self.log(_cell_line(cell, status, reason, rows))
         finally:
             if store is not None:
@@ -352,7 +353,7 @@ class Runner:
             self._datasets[entry.label] = (dataset, dataset.spec(), dataset.fingerprint())
         return self._datasets[entry.label]
 
-    def _run_cell(self, cell: Cell | BaselineCell, key: str, device, env) -> tuple[str, str | None, dict, list[dict]]:
+    def _run_cell(self, cell: Cell | BaselineCell, key: str, device, env) -> tuple[str, str | None, dict, list]:
         from bench_core import distributed as ddp
         from bench_core.trainer import TrainingDiverged
 
@@ -373,14 +374,11 @@ class Runner:
                 raise
             return self._failure()
         details["seconds"] = time.time() - started
-        for row in rows:
-            row["provenance"] = {
-                **row.get("provenance", {}), "suite_hash": self.suite.source_hash,
-                "git": env["git"], "packages": env["packages"], "device": env["device"],
-            }  # fmt: skip
+        rows = [row.with_provenance(suite_hash=self.suite.source_hash, git=env["git"], packages=env["packages"],
+                                    device=env["device"]) for row in rows]  # fmt: skip
         return "done", None, details, rows
 
-    def _train_and_evaluate(self, cell: Cell, key: str, device) -> tuple[list[dict], dict]:
+    def _train_and_evaluate(self, cell: Cell, key: str, device) -> tuple[list[ResultRow], dict]:
         from bench_core import distributed as ddp
         from bench_core.augment import PairedAugment
         from bench_core.checkpoints import TRAIN_STATE, WEIGHTS, checkpoint_key, load_weights, save_weights
@@ -431,7 +429,7 @@ class Runner:
         }
         if self.suite.compile:
             details["compile"] = compiled or f"not applied: torch.compile is a CUDA option here, device is {device}"
-        rows: list[dict] = []
+        rows: list[ResultRow] = []
         if cell.model.load is not None:
             load_weights(model, cell.model.load)
             details["weights"] = f"loaded from {cell.model.load}"
@@ -459,28 +457,8 @@ class Runner:
                 details["stages"].append({k: v for k, v in report.__dict__.items() if k != "optimizer_state"})
                 if ddp.is_main():
                     self.log(_stage_line(cell, report))
-                rows.append(
-                    {
-                        "task": "train", "metric": f"{stage.name}.peak_memory_mb", "value": report.peak_memory_mb,
-                        "std": None, "n": None, "higher_is_better": False, "kind": "memory",
-                        "settings": {"measure": report.memory_measure, "device": str(device),
-                                     "batch_size": settings.batch_size or stage.batch_size},
-                        "provenance": {"plugin": "engine"},
-                    }
-                )  # fmt: skip
-                if report.images_per_second:
-                    rows.append(
-                        {
-                            "task": "train", "metric": f"{stage.name}.images_per_s",
-                            "value": report.images_per_second, "std": None, "n": report.steps,
-                            "higher_is_better": True, "kind": "throughput",
-                            "settings": {"batch_size": settings.batch_size or stage.batch_size,
-                                         "device": str(device), "precision": self.suite.precision,
-                                         "protocol": f"per optimiser update: {report.timing_protocol}"},
-                            "provenance": {"plugin": "engine"},
-                        }
-                    )  # fmt: skip
-                rows += _stage_update_rows(stage.name, report)
+                batch_size = settings.batch_size or stage.batch_size
+                rows += stage_rows(stage.name, report, str(device), self.suite.precision, batch_size)
             if ddp.is_main():
                 save_weights(model, ckdir, {"cell": cell.id, "config": config, "fingerprint": fingerprint})
                 for stale in ckdir.glob(f"*-{TRAIN_STATE}"):
@@ -490,9 +468,8 @@ class Runner:
         rows += self._evaluate_variants(model, dataset, spec, tasks, device, cell, ckdir, details)
         if not ddp.is_main():
             return [], details
-        for row in rows:
-            row["provenance"] = {**row.get("provenance", {}), "model_version": model_cls.version,
-                                 "model_dist": model_reg.source.distribution}  # fmt: skip
+        rows = [row.with_provenance(model_version=model_cls.version, model_dist=model_reg.source.distribution)
+                for row in rows]  # fmt: skip
         return rows, details
 
     def _add_validation(self, settings, model, dataset, spec, tasks, device, cell: Cell, ckdir: Path) -> None:
@@ -527,7 +504,7 @@ class Runner:
         settings.validate_higher_is_better = bool(metric_cls.higher_is_better)
         settings.best_path = ckdir / BEST_WEIGHTS
 
-    def _evaluate_variants(self, model, dataset, spec, tasks, device, cell: Cell, ckdir: Path, details) -> list[dict]:
+    def _evaluate_variants(self, model, dataset, spec, tasks, device, cell: Cell, ckdir: Path, details) -> list:
         """Evaluate every variant of the suite (weights x temperature); the first is the headline."""
         from bench_core import distributed as ddp
         from bench_core.checkpoints import BEST_WEIGHTS, WEIGHTS, load_weights
@@ -536,7 +513,7 @@ class Runner:
         ev = self.suite.evaluation
         cell_dir = self.output_dir / "cells" / _slug(cell.id)
         metrics = self._metrics()
-        rows: list[dict] = []
+        rows: list[ResultRow] = []
         notes: list[str] = []
         main = ddp.is_main()
         for index, variant in enumerate(ev.variants):
@@ -558,10 +535,8 @@ class Runner:
             if not main:
                 continue
             suffix = "" if headline else f"@{variant.label}"
-            for row in outcome.rows:
-                row["task"] += suffix
-                row["provenance"] = {**row.get("provenance", {}), "variant": variant.model_dump(mode="json")}
-            rows += outcome.rows
+            rows += [row.replace(task=row.task + suffix).with_provenance(variant=variant.model_dump(mode="json"))
+                     for row in outcome.rows]  # fmt: skip
             out_dir.mkdir(parents=True, exist_ok=True)
             write_atomic(out_dir / "eval.json", json.dumps(outcome.per_file, indent=1))
             notes += [n if headline else f"{variant.label}: {n}" for n in outcome.notes]
@@ -589,7 +564,7 @@ class Runner:
             save_images=ev.save_images, seed=seed, model_temperature=model_temperature, workers=self.suite.workers,
         )  # fmt: skip
 
-    def _evaluate_baseline(self, cell: BaselineCell, device) -> tuple[list[dict], dict]:
+    def _evaluate_baseline(self, cell: BaselineCell, device) -> tuple[list[ResultRow], dict]:
         """Fit a baseline on the training split and score it on the test split like a model."""
         from bench_core import distributed as ddp
         from bench_core.baselines import BASELINES
@@ -604,10 +579,8 @@ class Runner:
         outcome = evaluate(baseline, dataset.split("test"), spec, tasks, self._metrics(), settings, cell_dir)
         if not ddp.is_main():
             return [], {}
-        rows = [r for r in outcome.rows if r.get("kind", "metric") == "metric"]  # no timings or diagnostics
-        for row in rows:  # metric settings stay the metric's, so they compare with the models' rows
-            row["kind"] = "baseline"
-            row["provenance"] = {**row["provenance"], "baseline": baseline.settings()}
+        # No timings or diagnostics: a baseline's metric values only.
+        rows = [baseline_row(r, baseline.settings()) for r in outcome.rows if r.kind == "metric"]
         cell_dir.mkdir(parents=True, exist_ok=True)
         write_atomic(cell_dir / "eval.json", json.dumps(outcome.per_file, indent=1))
         details = {
@@ -616,7 +589,7 @@ class Runner:
         }  # fmt: skip
         return rows, details
 
-    def _model_metrics(self, model, dataset, batch_size: int, cell: Cell) -> list[dict]:
+    def _model_metrics(self, model, dataset, batch_size: int, cell: Cell) -> list[ResultRow]:
         """Rows of the model's own ``evaluation_metrics`` (ELBO, codebook usage...), if it has them."""
         extra = getattr(model, "evaluation_metrics", None)
         if extra is None:
@@ -626,28 +599,7 @@ class Runner:
 
         with torch.no_grad():
             values = extra(DataLoader(dataset.split("test"), batch_size=batch_size))
-        plugin = self.registry.get("model", cell.model.plugin).cls.name
-        return [
-            {"task": "model", "metric": name, "value": float(value), "std": None, "n": None,
-             "higher_is_better": None, "kind": "model", "settings": {}, "provenance": {"plugin": plugin}}
-            for name, value in values.items()
-        ]  # fmt: skip
-
-
-def _stage_update_rows(stage: str, report) -> list[dict[str, Any]]:
-    """Rows saying how many updates a stage skipped and, under fp16, where its loss scale ended."""
-    base = {"task": "train", "std": None, "n": report.steps, "higher_is_better": None, "kind": "training",
-            "provenance": {"plugin": "engine"}}  # fmt: skip
-    rows = [
-        {**base, "metric": f"{stage}.skipped_updates", "value": float(report.skipped + report.overflow_skipped),
-         "settings": {"skipped": report.skipped, "overflow_skipped": report.overflow_skipped,
-                      "meaning": "updates not applied: non-finite loss or gradients, or a norm over the skip "
-                                 "threshold; overflow_skipped: fp16 loss-scale back-offs"}},
-    ]  # fmt: skip
-    if report.grad_scale is not None:
-        rows.append({**base, "metric": f"{stage}.grad_scale", "value": report.grad_scale,
-                     "settings": {"min_during_stage": report.grad_scale_min}})  # fmt: skip
-    return rows
+        return model_rows(values, self.registry.get("model", cell.model.plugin).cls.name)
 
 
 def unknown_options(cls: type, options: dict[str, Any], exclude: tuple[str, ...] = ()) -> str | None:
@@ -713,9 +665,9 @@ def _stage_line(cell: Cell, report) -> str:
     )
 
 
-def _cell_line(cell: Cell, status: str, reason: str | None, rows: list[dict]) -> str:
+def _cell_line(cell: Cell, status: str, reason: str | None, rows: list[ResultRow]) -> str:
     mark = {"done": "✓", "failed": "✗", "skipped": "-"}.get(status, "?")
     if status != "done":
         return f"{mark} {cell.id}: {status}: {reason}"
-    shown = [f"{r['task']}.{r['metric']}={r['value']:.4g}" for r in rows if r["metric"] in ("psnr", "ssim")]
+    shown = [f"{r.task}.{r.metric}={r.value:.4g}" for r in rows if r.metric in ("psnr", "ssim")]
     return f"{mark} {cell.id}: done {' '.join(shown)}"

@@ -1,7 +1,8 @@
 """The results store: SQLite in WAL mode under the output dir.
 
-One ``results`` row per run x cell x task x metric (value, std, n, and for per-item
-metrics the seeded bootstrap 95% interval of the mean over items in ``ci_low``/``ci_high``),
+One ``results`` row per run x cell x task x metric (a :class:`bench_core.rows.ResultRow`: value,
+std, n, and for per-item metrics the seeded bootstrap 95% interval of the mean over items in
+``ci_low``/``ci_high``; its settings and, apart from them, its counters),
 a ``cells`` row per cell with its status, and a ``runs`` row per ``bench run`` invocation. A cell's metric rows and its
 ``done`` status are committed in one transaction, so a killed run never leaves half a
 cell behind, and re-running never duplicates a finished cell. Cells are claimed before
@@ -25,8 +26,11 @@ from typing import Any
 
 from bench_core.api import BenchError
 from bench_core.fileio import pid_alive
+from bench_core.rows import ROW_KINDS, ResultRow, as_row
 
-SCHEMA_VERSION = 3  # 2: results.ci_low / ci_high; 3: results.kind, cells.kind, claim identity, plans
+__all__ = ["ROW_KINDS", "STORE_NAME", "ResultsStore", "StoreDamaged", "claim_is_live", "claimant", "is_damage"]
+
+SCHEMA_VERSION = 4  # 2: results.ci_low / ci_high; 3: results.kind, cells.kind, claim identity, plans; 4: counters
 STORE_NAME = "results.sqlite"
 
 _SCHEMA = """
@@ -48,7 +52,7 @@ CREATE TABLE IF NOT EXISTS results (
     task TEXT NOT NULL, metric TEXT NOT NULL,
     value REAL, std REAL, n INTEGER, higher_is_better INTEGER,
     settings TEXT NOT NULL, provenance TEXT NOT NULL, created REAL NOT NULL,
-    ci_low REAL, ci_high REAL, kind TEXT NOT NULL DEFAULT 'metric',
+    ci_low REAL, ci_high REAL, kind TEXT NOT NULL DEFAULT 'metric', counters TEXT,
     UNIQUE (cell_key, task, metric)
 );
 CREATE TABLE IF NOT EXISTS plans (
@@ -58,7 +62,7 @@ CREATE TABLE IF NOT EXISTS plans (
 
 # Columns added after schema 1, with the definition an older store gains them with.
 _ADDED_COLUMNS = {
-    "results": {"ci_low": "REAL", "ci_high": "REAL", "kind": "TEXT NOT NULL DEFAULT 'metric'"},
+    "results": {"ci_low": "REAL", "ci_high": "REAL", "kind": "TEXT NOT NULL DEFAULT 'metric'", "counters": "TEXT"},
     "cells": {"kind": "TEXT NOT NULL DEFAULT 'model'", "claimant": "TEXT", "heartbeat": "REAL"},
 }
 # Rows written before schema 3 get their kind from the engine's fixed metric names.
@@ -66,18 +70,6 @@ _KIND_OF_OLD_ROWS = (
     "UPDATE results SET kind = CASE WHEN metric LIKE '%images_per_s' THEN 'throughput' "
     "WHEN metric LIKE '%peak_memory_mb' THEN 'memory' WHEN task = 'model' THEN 'model' ELSE 'metric' END"
 )
-ROW_KINDS = ("metric", "throughput", "memory", "training", "model", "baseline", "diagnostic")
-"""What a results row is: a metric plugin's value, an engine timing, peak memory, a training counter,
-a model's own evaluation metric, a baseline's metric value, or a diagnostic (e.g. input dependence)."""
-
-
-def _kind(row: dict[str, Any]) -> str:
-    kind = row.setdefault("kind", "metric")
-    if kind not in ROW_KINDS:
-        raise ValueError(f"result row {row.get('task')}/{row.get('metric')}: kind {kind!r} is not one of {ROW_KINDS}")
-    return kind
-
-
 HEARTBEAT_S = 60.0  # how often a running cell's claim is refreshed
 STALE_AFTER_S = 600.0  # a claim from another host with no heartbeat for this long is taken over
 
@@ -319,9 +311,9 @@ class ResultsStore:
         status: str,
         reason: str | None,
         details: dict,
-        rows: Iterable[dict[str, Any]] = (),
-    ) -> list[dict[str, Any]]:
-        """Commit a cell's metric rows and final status in one transaction; return the rows."""
+        rows: Iterable[ResultRow | dict[str, Any]] = (),
+    ) -> list[ResultRow]:
+        """Commit a cell's result rows and final status in one transaction; return the rows as written."""
         written = []
         now = time.time()
         with self.transaction() as cur:
@@ -329,24 +321,8 @@ class ResultsStore:
                 "SELECT run_id, suite, model, dataset, seed FROM cells WHERE cell_key=?", (cell_key,)
             ).fetchone()
             for row in rows:
-                full = {
-                    "run_id": meta["run_id"], "cell_key": cell_key, "suite": meta["suite"],
-                    "model": meta["model"], "dataset": meta["dataset"], "seed": meta["seed"],
-                    "created": now, **row,
-                }  # fmt: skip
-                cur.execute(
-                    "INSERT OR REPLACE INTO results(run_id, cell_key, suite, model, dataset, seed, task, metric, "
-                    "value, std, n, higher_is_better, settings, provenance, created, ci_low, ci_high, kind) "
-                    "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                    (
-                        full["run_id"], cell_key, full["suite"], full["model"], full["dataset"], full["seed"],
-                        full["task"], full["metric"], full["value"], full.get("std"), full.get("n"),
-                        None if full.get("higher_is_better") is None else int(full["higher_is_better"]),
-                        json.dumps(full.get("settings", {}), sort_keys=True, default=str),
-                        json.dumps(full.get("provenance", {}), sort_keys=True, default=str), now,
-                        full.get("ci_low"), full.get("ci_high"), _kind(full),
-                    ),
-                )  # fmt: skip
+                full = as_row(row).replace(cell_key=cell_key, created=now, **dict(meta))
+                cur.execute(_INSERT_RESULT, _result_values(full))
                 written.append(full)
             cur.execute(
                 "UPDATE cells SET status=?, reason=?, finished=?, details=?, pid=NULL, claimant=NULL WHERE cell_key=?",
@@ -406,19 +382,17 @@ class ResultsStore:
         return out
 
     @_guarded
-    def results(self, suite: str | None = None) -> list[dict[str, Any]]:
-        """All metric rows (of one suite), with settings and provenance decoded."""
+    def results(self, suite: str | None = None) -> list[ResultRow]:
+        """All result rows (of one suite), in table order."""
         sql, args = "SELECT * FROM results", ()
         if suite:
             sql, args = sql + " WHERE suite=?", (suite,)
         out = []
         for row in self._conn.execute(sql + " ORDER BY dataset, task, model, seed, metric", args):
             item = dict(row)
-            item["settings"] = json.loads(item["settings"])
-            item["provenance"] = json.loads(item["provenance"])
-            if item["higher_is_better"] is not None:
-                item["higher_is_better"] = bool(item["higher_is_better"])
-            out.append(item)
+            for column in _JSON_COLUMNS:
+                item[column] = json.loads(item[column] or "{}")
+            out.append(ResultRow.from_stored(item))
         return out
 
     @_guarded
@@ -430,3 +404,23 @@ class ResultsStore:
             item["provenance"] = json.loads(item["provenance"])
             out.append(item)
         return out
+
+
+_JSON_COLUMNS = ("settings", "provenance", "counters")
+_RESULT_COLUMNS = (
+    "run_id", "cell_key", "suite", "model", "dataset", "seed", "task", "metric", "value", "std", "n",
+    "higher_is_better", "settings", "provenance", "created", "ci_low", "ci_high", "kind", "counters",
+)  # fmt: skip
+_INSERT_RESULT = (
+    f"INSERT OR REPLACE INTO results({', '.join(_RESULT_COLUMNS)}) VALUES ({', '.join('?' * len(_RESULT_COLUMNS))})"
+)
+
+
+def _result_values(row: ResultRow) -> tuple[Any, ...]:
+    """The values of ``row`` for :data:`_INSERT_RESULT`: JSON columns encoded, the direction as 0/1."""
+    values = row.as_dict()
+    for column in _JSON_COLUMNS:
+        values[column] = json.dumps(values[column], sort_keys=True, default=str)
+    if values["higher_is_better"] is not None:
+        values["higher_is_better"] = int(values["higher_is_better"])
+    return tuple(values[c] for c in _RESULT_COLUMNS)

@@ -24,17 +24,14 @@ import json
 import math
 import statistics
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from bench_core.report.stats import bootstrap_ci, overlaps
+from bench_core.rows import ResultRow, as_row
+from bench_core.stats import bootstrap_ci, overlaps
 
 _TASK_ORDER = {"recon": 0, "A2A": 1, "B2B": 2, "A2B": 3, "B2A": 4, "sample": 5, "train": 8, "model": 9}
-# Counters of clamped values describe the data, not the metric; they never split rankings.
-COUNTER_SETTINGS = frozenset(
-    {"pred_clamped", "pred_values", "clamped", "clamped_values", "negative_eigenvalues_clipped"}
-)
 
 PerItem = Mapping[tuple[str, str, str], Sequence[float]]
 """Per-item metric values keyed by (cell_key, task, metric), as read from the cells' eval.json."""
@@ -108,40 +105,38 @@ def fmt_number(x: float, digits: int) -> str:
     return f"{x:.{digits}g}"
 
 
-def comparable_settings(settings: dict[str, Any]) -> dict[str, Any]:
-    """``settings`` without the counters that describe the data rather than the metric."""
-    return {k: v for k, v in settings.items() if k not in COUNTER_SETTINGS}
+def task_rank(task: str) -> int:
+    """Where ``task`` sits among a dataset's tables (reconstruction, translation, sampling, training, model)."""
+    return _TASK_ORDER.get(task, 7)
 
 
-def build_tables(results: list[dict[str, Any]], per_item: PerItem | None = None) -> list[Table]:
+def build_tables(results: Iterable[ResultRow | Mapping[str, Any]], per_item: PerItem | None = None) -> list[Table]:
     """Aggregate stored result rows into one table per dataset and task.
 
     Args:
-        results: rows as returned by :meth:`ResultsStore.results`.
+        results: rows as returned by :meth:`ResultsStore.results` (stored dicts are read as rows too).
         per_item: optional per-item values, used for the interval of single-seed cells.
     """
-    grouped: dict[tuple[str, str], dict[str, dict[str, list[dict]]]] = defaultdict(
+    grouped: dict[tuple[str, str], dict[str, dict[str, list[ResultRow]]]] = defaultdict(
         lambda: defaultdict(lambda: defaultdict(list))
     )
-    baselines: dict[tuple[str, str], dict[str, dict[str, list[dict]]]] = defaultdict(
+    baselines: dict[tuple[str, str], dict[str, dict[str, list[ResultRow]]]] = defaultdict(
         lambda: defaultdict(lambda: defaultdict(list))
     )
-    diagnostics: dict[tuple[str, str, str], list[dict]] = defaultdict(list)
+    diagnostics: dict[tuple[str, str, str], list[ResultRow]] = defaultdict(list)
     directions: dict[tuple[str, str, str], bool | None] = {}
-    for row in results:
-        kind = row.get("kind", "metric")
-        if kind == "diagnostic":
-            diagnostics[(row["dataset"], row["task"], row["model"])].append(row)
+    for row in map(as_row, results):
+        if row.kind == "diagnostic":
+            diagnostics[(row.dataset, row.task, row.model)].append(row)
             continue
-        target = baselines if kind == "baseline" else grouped
-        target[(row["dataset"], row["task"])][_baseline_name(row) if kind == "baseline" else row["model"]][
-            row["metric"]
-        ].append(row)
-        directions.setdefault((row["dataset"], row["task"], row["metric"]), row["higher_is_better"])
+        target = baselines if row.kind == "baseline" else grouped
+        label = row.model.removeprefix("baseline:") if row.kind == "baseline" else row.model
+        target[(row.dataset, row.task)][label][row.metric].append(row)
+        directions.setdefault((row.dataset, row.task, row.metric), row.higher_is_better)
     collapsed = _collapse_notes(grouped)
     tables = []
     for (dataset, task), by_model in sorted(
-        grouped.items(), key=lambda kv: (kv[0][0], _TASK_ORDER.get(kv[0][1], 7), kv[0][1])
+        grouped.items(), key=lambda kv: (kv[0][0], task_rank(kv[0][1]), kv[0][1])
     ):
         names = sorted({m for metrics in by_model.values() for m in metrics})
         table = Table(dataset, task, [(m, directions[(dataset, task, m)]) for m in names])
@@ -160,10 +155,6 @@ REFERENCE_BASELINE = "mean-image"
 """The baseline a model must beat: it knows nothing about the input."""
 
 
-def _baseline_name(row: dict[str, Any]) -> str:
-    return row["model"].removeprefix("baseline:")
-
-
 def _collapse_notes(grouped) -> dict[tuple[str, str], str]:
     """Per (dataset, model): the model's own ``collapsed*`` counts that are above zero, as text."""
     notes = {}
@@ -171,8 +162,8 @@ def _collapse_notes(grouped) -> dict[tuple[str, str], str]:
         if task != "model":
             continue
         for model, metrics in by_model.items():
-            parts = [f"{m} = {rows[0]['value']:g}" for m, rows in sorted(metrics.items())
-                     if m.startswith("collapsed") and rows[0]["value"]]  # fmt: skip
+            parts = [f"{m} = {rows[0].value:g}" for m, rows in sorted(metrics.items())
+                     if m.startswith("collapsed") and rows[0].value]  # fmt: skip
             if parts:
                 notes[(dataset, model)] = ", ".join(parts)
     return notes
@@ -184,7 +175,7 @@ def _beats(agg: Aggregate, reference: Aggregate, higher: bool) -> bool:
     return low > reference.mean if higher else high < reference.mean
 
 
-def _flag_row(table: Table, model: str, diagnostics: list[dict], collapsed: str | None) -> None:
+def _flag_row(table: Table, model: str, diagnostics: list[ResultRow], collapsed: str | None) -> None:
     flags = []
     reference = table.baselines.get(REFERENCE_BASELINE, {})
     below = []
@@ -198,46 +189,46 @@ def _flag_row(table: Table, model: str, diagnostics: list[dict], collapsed: str 
     if below:
         flags.append(f"below the {REFERENCE_BASELINE} baseline on {', '.join(below)}")
     for row in diagnostics:
-        threshold = row["settings"].get("flag_below")
-        value = row["value"]
-        if row["metric"] == "input_dependence" and threshold is not None and value is not None and value < threshold:
-            where = f"seed {row.get('seed', 0)}" + (f"; {collapsed}" if collapsed else "")
+        threshold = row.settings.get("flag_below")
+        value = row.value
+        if row.metric == "input_dependence" and threshold is not None and value is not None and value < threshold:
+            where = f"seed {row.seed}" + (f"; {collapsed}" if collapsed else "")
             flags.append(f"output does not depend on the input (output/target spread {value:.3g}, {where})")
     if flags:
         table.flags[model] = flags
 
 
-def aggregate(rows: list[dict[str, Any]], per_item: PerItem | None = None) -> Aggregate:
+def aggregate(rows: Iterable[ResultRow], per_item: PerItem | None = None) -> Aggregate:
     """One model's rows of one metric (a row per seed) as an :class:`Aggregate`."""
-    rows = sorted(rows, key=lambda r: r.get("seed", 0))
-    kept = [r for r in rows if r["value"] is not None]
-    values = [r["value"] for r in kept]
-    settings_keys = {json.dumps(comparable_settings(r["settings"]), sort_keys=True) for r in rows}
+    rows = sorted(rows, key=lambda r: r.seed)
+    kept = [r for r in rows if r.value is not None]
+    values = [r.value for r in kept]
+    settings_keys = {json.dumps(r.settings, sort_keys=True) for r in rows}
     mean = statistics.fmean(values) if values else float("nan")
     if len(values) > 1:
         spread, over = statistics.stdev(values), "seeds"
-    elif rows and rows[0].get("std") is not None:
-        spread, over = rows[0]["std"], "items"
+    elif rows and rows[0].std is not None:
+        spread, over = rows[0].std, "items"
     else:
         spread, over = None, ""
-    n_items = rows[0].get("n") if rows else None
+    n_items = rows[0].n if rows else None
     key = settings_keys.pop() if len(settings_keys) == 1 else "mixed"
     agg = Aggregate(mean, spread, over, len(values), n_items, key)
     agg.values = values
-    agg.seeds = [r.get("seed", 0) for r in kept]
-    agg.settings = comparable_settings(rows[0]["settings"]) if rows else {}
+    agg.seeds = [r.seed for r in kept]
+    agg.settings = dict(rows[0].settings) if rows else {}
     if len(values) > 1:
         agg.ci, agg.ci_over = bootstrap_ci(values), "seeds"
-    elif len(kept) == 1 and kept[0].get("ci_low") is not None and kept[0].get("ci_high") is not None:
-        agg.ci, agg.ci_over = (kept[0]["ci_low"], kept[0]["ci_high"]), "items"  # stored at evaluation
+    elif len(kept) == 1 and kept[0].ci_low is not None and kept[0].ci_high is not None:
+        agg.ci, agg.ci_over = (kept[0].ci_low, kept[0].ci_high), "items"  # stored at evaluation
     elif len(kept) == 1 and per_item is not None:  # stores written before intervals were stored
-        items = per_item.get((kept[0].get("cell_key", ""), kept[0]["task"], kept[0]["metric"]))
+        items = per_item.get((kept[0].cell_key, kept[0].task, kept[0].metric))
         if items is not None and (ci := bootstrap_ci(items)) is not None:
             agg.ci, agg.ci_over = ci, "items"
     return agg
 
 
-def _mark_best(table: Table, by_model: dict[str, dict[str, list[dict]]]) -> None:
+def _mark_best(table: Table, by_model: dict[str, dict[str, list[ResultRow]]]) -> None:
     for metric, higher in table.metrics:
         if higher is None:
             continue
@@ -258,9 +249,9 @@ def _mark_best(table: Table, by_model: dict[str, dict[str, list[dict]]]) -> None
             agg.tie = not agg.best and overlaps(agg.ci or (agg.mean, agg.mean), best_interval)
 
 
-def _explain(rows: list[tuple[str, dict[str, Any]]]) -> str:
-    """Which comparable settings differ between ``rows`` ((model, row) pairs) and who used which value."""
-    settings = [(model, f"seed{r.get('seed', 0)}", comparable_settings(r["settings"])) for model, r in rows]
+def _explain(rows: list[tuple[str, ResultRow]]) -> str:
+    """Which settings differ between ``rows`` ((model, row) pairs) and who used which value."""
+    settings = [(model, f"seed{r.seed}", r.settings) for model, r in rows]
     keys = sorted({k for _, _, s in settings for k in s})
     parts = []
     for key in keys:

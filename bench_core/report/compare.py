@@ -21,7 +21,8 @@ from typing import Any
 
 from bench_core.fileio import write_atomic
 from bench_core.report.html import ReportData, _environment, _version, load_report_data, provenance_context
-from bench_core.tables import _TASK_ORDER, Aggregate, aggregate, arrow, comparable_settings, fmt_number
+from bench_core.rows import ResultRow
+from bench_core.tables import Aggregate, aggregate, arrow, fmt_number, task_rank
 
 
 @dataclass
@@ -101,15 +102,15 @@ def _side_noise(agg: Aggregate, side: str) -> Noise | None:
 
 def differences(a: ReportData, b: ReportData) -> list[Difference]:
     """Every (dataset, task, model, metric) of either side, with both values, delta and noise."""
-    grouped: dict[tuple[str, str, str, str], dict[str, list[dict[str, Any]]]] = defaultdict(lambda: {"A": [], "B": []})
+    grouped: dict[tuple[str, str, str, str], dict[str, list[ResultRow]]] = defaultdict(lambda: {"A": [], "B": []})
     directions: dict[tuple[str, str, str, str], bool | None] = {}
     for side, data in (("A", a), ("B", b)):
         for row in data.results:
-            key = (row["dataset"], row["task"], row["model"], row["metric"])
+            key = (row.dataset, row.task, row.model, row.metric)
             grouped[key][side].append(row)
-            directions[key] = row["higher_is_better"]
+            directions[key] = row.higher_is_better
     out = []
-    for key in sorted(grouped, key=lambda k: (k[0], _TASK_ORDER.get(k[1], 7), k[1], k[2], k[3])):
+    for key in sorted(grouped, key=lambda k: (k[0], task_rank(k[1]), k[1], k[2], k[3])):
         sides = grouped[key]
         agg_a = aggregate(sides["A"], a.per_item) if sides["A"] else None
         agg_b = aggregate(sides["B"], b.per_item) if sides["B"] else None
@@ -125,9 +126,9 @@ def differences(a: ReportData, b: ReportData) -> list[Difference]:
     return out
 
 
-def _settings_diff(rows_a: list[dict[str, Any]], rows_b: list[dict[str, Any]]) -> str:
+def _settings_diff(rows_a: list[ResultRow], rows_b: list[ResultRow]) -> str:
     def variants(rows):
-        return {json.dumps(comparable_settings(r["settings"]), sort_keys=True, default=str) for r in rows}
+        return {json.dumps(r.settings, sort_keys=True, default=str) for r in rows}
 
     va, vb = variants(rows_a), variants(rows_b)
     if va == vb and len(va) == 1:

@@ -24,8 +24,9 @@ from typing import Any
 
 from bench_core.api import BenchError
 from bench_core.fileio import write_atomic
+from bench_core.rows import ResultRow
 from bench_core.store import STORE_NAME, ResultsStore
-from bench_core.tables import Aggregate, Table, aggregate, arrow, build_tables, comparable_settings
+from bench_core.tables import Aggregate, Table, aggregate, arrow, build_tables
 
 _WIDTH, _HEIGHT = 420, 130
 WORST_N = 8
@@ -41,11 +42,11 @@ class ReportData:
     output_dir: Path
     suite: str
     runs: list[dict[str, Any]]
-    results: list[dict[str, Any]]
+    results: list[ResultRow]
     cells: list[dict[str, Any]]
     evals: dict[str, dict[str, Any]] = field(default_factory=dict)  # cell_key -> parsed eval.json
     per_item: dict[tuple[str, str, str], list[float]] = field(default_factory=dict)
-    by_cell: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # cell_key -> its result rows
+    by_cell: dict[str, list[ResultRow]] = field(default_factory=dict)  # cell_key -> its result rows
     superseded: int = 0  # cells of earlier versions of the suite, left out of (or relabelled in) the data
 
 
@@ -77,16 +78,18 @@ def load_report_data(path: str | Path, suite: str | None = None, everything: boo
         store.close()
     old = {c["cell_key"]: c["run_id"] for c in cells if current is not None and c["cell_key"] not in current}
     if everything:
-        for item in [*cells, *results]:
-            if item["cell_key"] in old:
-                item["model"] = f"{item['model']} (superseded, run {old[item['cell_key']]})"
+        for cell in cells:
+            if cell["cell_key"] in old:
+                cell["model"] = f"{cell['model']} (superseded, run {old[cell['cell_key']]})"
+        results = [r.replace(model=f"{r.model} (superseded, run {old[r.cell_key]})") if r.cell_key in old else r
+                   for r in results]  # fmt: skip
     else:
         cells = [c for c in cells if c["cell_key"] not in old]
-        results = [r for r in results if r["cell_key"] not in old]
+        results = [r for r in results if r.cell_key not in old]
     data = ReportData(output_dir, suite, [r for r in all_runs if r["suite"] == suite], results, cells)
     data.superseded = len(old)
     for row in results:
-        data.by_cell.setdefault(row["cell_key"], []).append(row)
+        data.by_cell.setdefault(row.cell_key, []).append(row)
     for cell in cells:
         cell_dir = cell["details"].get("cell_dir")
         eval_path = output_dir / cell_dir / "eval.json" if cell_dir else None
@@ -296,27 +299,26 @@ def provenance_context(data: ReportData, cell: dict[str, Any] | None = None) -> 
     With ``cell``, only that cell's run and rows; otherwise the whole suite.
     """
     results = data.results if cell is None else data.by_cell.get(cell["cell_key"], [])
-    run_ids = {r["run_id"] for r in results} | ({cell["run_id"]} if cell else {c["run_id"] for c in data.cells})
+    run_ids = {r.run_id for r in results} | ({cell["run_id"]} if cell else {c["run_id"] for c in data.cells})
     runs = [r for r in data.runs if r["run_id"] in run_ids] or ([] if cell else data.runs)
     metric_settings: dict[str, dict[str, list[str]]] = defaultdict(dict)
     timing: dict[str, list[str]] = {}
     for r in results:
-        settings = comparable_settings(r["settings"])
-        text = json.dumps(settings, sort_keys=True, default=str)
-        where = f"{r['dataset']}/{r['task']}"
-        if r["metric"].endswith(_THROUGHPUT_SUFFIX):
+        text = json.dumps(r.settings, sort_keys=True, default=str)
+        where = f"{r.dataset}/{r.task}"
+        if r.metric.endswith(_THROUGHPUT_SUFFIX):
             timing.setdefault(text, [])
             if where not in timing[text]:
                 timing[text].append(where)
             continue
-        users = metric_settings[r["metric"]].setdefault(text, [])
+        users = metric_settings[r.metric].setdefault(text, [])
         if where not in users:
             users.append(where)
     # Every metric row of a task repeats the task's clamp counters: count each (cell, task) once.
     counters = {
-        (r["cell_key"], r["task"]): (int(r["settings"]["pred_clamped"]), int(r["settings"].get("pred_values") or 0))
+        (r.cell_key, r.task): (int(r.counters["pred_clamped"]), int(r.counters.get("pred_values") or 0))
         for r in results
-        if r["settings"].get("pred_clamped") is not None
+        if r.counters.get("pred_clamped") is not None
     }
     return {
         "runs": [_run_view(r) for r in runs],
@@ -355,8 +357,9 @@ def _cell_context(cell: dict[str, Any], data: ReportData, depth: int) -> dict[st
     numbers = []
     for r in rows:
         agg = aggregate([r], data.per_item)
-        numbers.append({"task": r["task"], "metric": r["metric"], "higher": r["higher_is_better"], "agg": agg,
-                        "settings": r["settings"]})  # fmt: skip
+        # The cell's own numbers show what each was computed with and on: settings and counters together.
+        numbers.append({"task": r.task, "metric": r.metric, "higher": r.higher_is_better, "agg": agg,
+                        "settings": {**r.settings, **r.counters}})  # fmt: skip
     curves = []
     for stage in details.get("stages", []):
         keys = sorted({k for p in stage.get("curve", []) for k in p if k != "step"}, key=lambda k: (k != "loss", k))
@@ -369,7 +372,7 @@ def _cell_context(cell: dict[str, Any], data: ReportData, depth: int) -> dict[st
         {"task": task, "src": name, "caption": _grid_caption(task, spec), "exists": (cell_dir / name).exists()}
         for task, name in details.get("grids", {}).items()
     ]
-    directions = {(r["task"], r["metric"]): r["higher_is_better"] for r in rows}
+    directions = {(r.task, r.metric): r.higher_is_better for r in rows}
     galleries = _worst_items(data.evals.get(cell["cell_key"], {}), directions, spec, cell_dir)
     return {"numbers": numbers, "curves": curves, "grids": grids, "galleries": galleries, "spec": spec}
 

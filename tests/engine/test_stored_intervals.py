@@ -5,8 +5,8 @@ import sqlite3
 
 from toy_suites import toy_suite
 
-from bench_core.report.stats import bootstrap_ci
-from bench_core.store import ResultsStore
+from bench_core.stats import bootstrap_ci
+from bench_core.store import SCHEMA_VERSION, ResultsStore
 
 
 def test_per_item_interval_is_stored_with_the_row(run_bench, write_suite, tmp_path):
@@ -52,4 +52,4 @@ def test_schema_1_store_gains_the_interval_columns(tmp_path):
     store.close()
     assert row["value"] == 30.0 and row["ci_low"] is None and row["ci_high"] is None
     version = sqlite3.connect(path).execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
-    assert version == ("2",)
+    assert version == (str(SCHEMA_VERSION),)  # migrated to the current schema

@@ -6,7 +6,7 @@ from html import unescape
 import numpy as np
 import pytest
 
-from bench_core.report import stats
+from bench_core import stats
 from bench_core.report.html import build_report
 from bench_core.tables import build_tables, to_latex, to_markdown
 
