@@ -41,25 +41,28 @@ _V = 2  # vertical reach: rows i-2 .. i-1 (A) or i-2 .. i (B)
 
 
 class ChannelLayerNorm(nn.Module):
-    """Layer norm over the channels of each position of a ``(B, C, H, W)`` tensor."""
+    """Layer norm over the channels of each position of a ``(B, C, H, W)`` tensor.
 
-    def __init__(self, channels: int) -> None:
+    With ``contiguous=False`` the output stays a channels-last view: for results that only
+    enter an elementwise add, where the layout changes no value and the copy would cost time.
+    A result that feeds a convolution is made contiguous, as the source's is, since the
+    convolution's rounding depends on the layout.
+    """
+
+    def __init__(self, channels: int, contiguous: bool = True) -> None:
         super().__init__()
         self.norm = nn.LayerNorm(channels)
+        self.contiguous = contiguous
 
     def forward(self, x: Tensor) -> Tensor:
         """Normalise each position's channel vector."""
-        return self.norm(x.permute(0, 2, 3, 1).contiguous()).permute(0, 3, 1, 2).contiguous()
+        out = self.norm(x.permute(0, 2, 3, 1).contiguous()).permute(0, 3, 1, 2)
+        return out.contiguous() if self.contiguous else out
 
 
 def _gate(x: Tensor) -> Tensor:
     half = x.shape[1] // 2
     return torch.tanh(x[:, :half]) * torch.sigmoid(x[:, half:])
-
-
-def _per_position(linear: nn.Linear, x: Tensor) -> Tensor:
-    """A linear map of the channel vector at every position of ``x`` ``(B, C, H, W)``."""
-    return linear(x.permute(0, 2, 3, 1).contiguous()).permute(0, 3, 1, 2).contiguous()
 
 
 class GatedPixelConv(nn.Module):
@@ -87,7 +90,7 @@ class GatedPixelConv(nn.Module):
         self.cond = nn.Linear(cond_channels, 4 * channels) if cond_channels else None
         self.horiz_out = None if first else nn.Conv2d(channels, channels, 1)
         self.norm_v = ChannelLayerNorm(channels) if norm and not first else None
-        self.norm_h = ChannelLayerNorm(channels) if norm and not first else None
+        self.norm_h = ChannelLayerNorm(channels, contiguous=False) if norm and not first else None
 
     def forward(self, vert: Tensor, horiz: Tensor, cond: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Apply the layer to ``(B, C, H, W)`` stacks (and ``cond`` ``(B, C_cond, H, W)``)."""
@@ -99,7 +102,9 @@ class GatedPixelConv(nn.Module):
         if self.cond is not None:
             if cond is None:
                 raise ValueError("this layer is conditioned: pass cond")
-            bias = _per_position(self.cond, cond)
+            # The linear map of each position's conditioning vector, as a 1x1 convolution with the
+            # same weights: channel-first biases without layout copies.
+            bias = F.conv2d(cond, self.cond.weight[:, :, None, None], self.cond.bias)
             split = 2 * self.channels
             v, h = v + bias[:, :split], h + bias[:, split:]
         v, h = _gate(v), _gate(h)
@@ -148,7 +153,7 @@ class Residual(nn.Module):
         super().__init__()
         self.conv1 = nn.Conv2d(channels, channels, kernel, padding=kernel // 2)
         self.conv2 = nn.Conv2d(channels, channels, kernel, padding=kernel // 2)
-        self.norm = ChannelLayerNorm(channels)
+        self.norm = ChannelLayerNorm(channels, contiguous=False)
 
     def forward(self, x: Tensor) -> Tensor:
         return x + self.norm(self.conv2(F.relu(self.conv1(F.relu(x)))))
@@ -173,6 +178,11 @@ def _run(layers: nn.ModuleList, x: Tensor, cond: Tensor | None = None) -> Tensor
     for layer in layers:
         vert, horiz = layer(vert, horiz, cond)
     return torch.cat([vert, horiz], 1)
+
+
+def _channels_last(x: Tensor) -> Tensor:
+    """The heads' 1x1 convolutions run faster on channels-last input on the CPU (same logits to ~1e-7)."""
+    return x.contiguous(memory_format=torch.channels_last)
 
 
 class TopPrior(nn.Module):
@@ -202,7 +212,7 @@ class TopPrior(nn.Module):
     def forward(self, codes: Tensor) -> Tensor:
         """Logits ``(B, n_codes, H, W)`` of each code given the codes before it in raster order."""
         x = self.embed(codes).permute(0, 3, 1, 2).contiguous()
-        return self.head(_run(self.layers, x))
+        return self.head(_channels_last(_run(self.layers, x)))
 
 
 class BottomPrior(nn.Module):
@@ -233,7 +243,7 @@ class BottomPrior(nn.Module):
     def logits(self, codes_b: Tensor, cond: Tensor) -> Tensor:
         """Logits of bottom codes ``(B, H, W)`` given conditioning features ``cond`` cropped to ``H`` rows."""
         x = self.embed(codes_b).permute(0, 3, 1, 2).contiguous()
-        return self.head(_run(self.layers, x, cond))
+        return self.head(_channels_last(_run(self.layers, x, cond)))
 
     def forward(self, codes_b: Tensor, codes_t: Tensor) -> Tensor:
         """Logits ``(B, n_codes, H, W)`` of each bottom code given earlier bottom codes and all top codes."""

@@ -106,6 +106,41 @@ def test_decode_speed(benchmark) -> None:
     assert images.shape == (DECODE_BATCH, 1, *shape)
 
 
+# (prior, code grids (top, bottom), batch on CUDA = the source's batch, batch on CPU): seed002-oasis at 64x64.
+PRIOR_CASES = [("top_prior", 64, 4), ("bottom_prior", 64, 2)]
+
+
+@pytest.mark.benchmark(group="pixelcnn-prior-train")
+@pytest.mark.parametrize(("prior", "cuda_batch", "cpu_batch"), PRIOR_CASES, ids=lambda v: str(v))
+def test_prior_train_step_speed(benchmark, prior: str, cuda_batch: int, cpu_batch: int) -> None:
+    """Forward, backward and Adam step of a ``seed002-oasis`` prior on given code grids (top 16x16, bottom 32x32)."""
+    torch.manual_seed(0)
+    model = PixelCNNVQVAE2(PixelCNNVQVAE2.configs["seed002-oasis"], _spec((64, 64))).to(DEVICE)
+    module = getattr(model, prior)
+    optimizer = torch.optim.Adam(module.parameters(), lr=1e-4)
+    batch_size = cuda_batch if CUDA else cpu_batch
+    g = torch.Generator().manual_seed(0)
+    codes_t = torch.randint(512, (batch_size, *model.top_shape), generator=g).to(DEVICE)
+    codes_b = torch.randint(512, (batch_size, *model.bottom_shape), generator=g).to(DEVICE)
+    losses: list[float] = []
+
+    def step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        if prior == "top_prior":
+            loss = torch.nn.functional.cross_entropy(module(codes_t), codes_t)
+        else:
+            loss = torch.nn.functional.cross_entropy(module(codes_b, codes_t), codes_b)
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+
+    benchmark_throughput(
+        benchmark, step, items=batch_size, device=DEVICE, rounds=3,
+        config="seed002-oasis", prior=prior, batch_size=batch_size, input_shape=[1, 64, 64],
+    )  # fmt: skip
+    assert all(torch.isfinite(torch.tensor(losses)))
+
+
 @pytest.mark.benchmark(group="pixelcnn-sample")
 @pytest.mark.parametrize("crop_rows", [True, False], ids=["cropped_rows", "full_grid"])
 @pytest.mark.parametrize("config", sorted(SAMPLE_CASES))
