@@ -32,11 +32,11 @@ from .vq2_layers import (
     VQVAE2Net,
     input_problem,
     latent_shapes,
-    source_in_channels,
     source_layout,
     to_memory_format,
     vq2_from_source,
 )
+from .vq2_layers import source_spec as vq2_source_spec
 from .vq_layers import CodeUsage
 
 _SEED002 = {
@@ -121,9 +121,7 @@ class PixelCNNVQVAE2(nn.Module):
     @classmethod
     def source_spec(cls, sources: Sequence[Any], config: Mapping[str, Any]) -> DataSpec:
         """A data spec the source checkpoints fit: the VQ-VAE's image channels, a shape its grids divide."""
-        vq = _source_parts(sources)["VQ-VAE"]
-        side = 2 ** (config["bottom_down"] + 3)
-        return DataSpec(("image",), (source_in_channels(vq, source_layout(vq) or ""),), 2, (side, side), (-1.0, 1.0))
+        return vq2_source_spec(cls.name, _source_parts(sources)["VQ-VAE"], config)
 
     @classmethod
     def from_source(cls, sources: Sequence[Any], config: Mapping[str, Any]) -> dict[str, Tensor]:

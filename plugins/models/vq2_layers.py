@@ -31,7 +31,7 @@ from torch import Tensor, nn
 from bench_core.api import DataSpec
 
 from ._common import by_order, check_shape, eval_mode, source_error
-from .vq_layers import CodeUsage, Decoder, Encoder, QuantizerOutput, ResidualStack, VectorQuantizerEMA
+from .vq_layers import CodeUsage, Decoder, QuantizerOutput, StridedEncoder, VectorQuantizerEMA
 
 LAYOUTS = ("rosinality", "bn_dropout")
 
@@ -133,11 +133,13 @@ class _BNResLayer(nn.Module):
         return x + self.body(x)
 
 
-class BNEncoder(nn.Sequential):
-    """Seed 002's encoder: downsample by ``2**n_down`` to ``hidden`` channels with batch norm.
+class StemFirstBNEncoder(nn.Sequential):
+    """A 3x3 stem convolution first (seed 002's encoder): downsample by ``2**n_down`` to ``hidden`` channels.
 
-    3x3 conv to ``hidden / 2**n_down`` + BN + ReLU, ``n_down`` 4x4 stride-2 convs doubling the
-    channels (each + BN + ReLU), a 3x3 conv + BN, then a :class:`BNResidualStack`.
+    Unlike :class:`vq_layers.StridedEncoder`, the strided convolutions come after a stem and
+    every convolution is batch-normalised: 3x3 conv to ``hidden / 2**n_down`` + BN + ReLU,
+    ``n_down`` 4x4 stride-2 convs doubling the channels (each + BN + ReLU), a 3x3 conv + BN,
+    then a :class:`BNResidualStack`.
     """
 
     def __init__(
@@ -190,24 +192,6 @@ class BNDecoder(nn.Sequential):
         super().__init__(*layers)
 
 
-def rosinality_encoder(in_channels: int, hidden: int, res_hidden: int, n_res_layers: int, n_down: int) -> nn.Module:
-    """Seed 004's encoder (rosinality layout) downsampling by ``2**n_down``.
-
-    For ``n_down >= 2`` this is :class:`vq_layers.Encoder`; its stride-2 variant differs only
-    in going through ``hidden / 2`` channels before the 3x3 convolution, as rosinality's does.
-    """
-    if n_down >= 2:
-        return Encoder(in_channels, hidden, res_hidden, n_res_layers, n_down)
-    if n_down != 1 or hidden % 2:
-        raise ValueError(f"hidden={hidden} must be even and n_down={n_down} >= 1")
-    return nn.Sequential(
-        nn.Conv2d(in_channels, hidden // 2, 4, stride=2, padding=1),
-        nn.ReLU(),
-        nn.Conv2d(hidden // 2, hidden, 3, padding=1),
-        ResidualStack(hidden, res_hidden, n_res_layers),
-    )
-
-
 @dataclass
 class VQ2Output:
     """Reconstruction and the two quantiser outputs of a :class:`VQVAE2Net` forward pass."""
@@ -242,11 +226,11 @@ class VQVAE2Net(nn.Module):
         # Modules are created in the order both sources create theirs (rosinality's VQ-VAE and
         # seed 002's ResponsiveVQVAE2 agree), so one seed gives the sources' initial weights.
         if rosinality:
-            self.enc_b = rosinality_encoder(in_channels, hidden, *res, down)
-            self.enc_t = rosinality_encoder(hidden, hidden, *res, 1)
+            self.enc_b = StridedEncoder(in_channels, hidden, *res, down, narrow_first=True)
+            self.enc_t = StridedEncoder(hidden, hidden, *res, 1, narrow_first=True)
         else:
-            self.enc_b = BNEncoder(in_channels, hidden, *res, down, drop)
-            self.enc_t = BNEncoder(hidden, hidden, *res, 1, drop)
+            self.enc_b = StemFirstBNEncoder(in_channels, hidden, *res, down, drop)
+            self.enc_t = StemFirstBNEncoder(hidden, hidden, *res, 1, drop)
         self.quantize_conv_t = nn.Conv2d(hidden, dim, 1)
         self.quantize_t = VectorQuantizerEMA(dim, config["n_embeddings"], **ema)
         self.dec_t = Decoder(dim, dim, hidden, *res, 1) if rosinality else BNDecoder(dim, dim, hidden, *res, 1, drop)
@@ -367,11 +351,16 @@ def source_layout(state: Mapping[str, Any]) -> str | None:
     return None
 
 
-def source_in_channels(state: Mapping[str, Tensor], layout: str) -> int:
-    """Image channels of a source VQ-VAE-2: the input width of its first convolution."""
+def source_spec(model: str, state: Mapping[str, Tensor], config: Mapping[str, Any]) -> DataSpec:
+    """A data spec a source VQ-VAE-2 state dict fits: its image channels (the input width of its
+    first convolution) and a square shape its grids divide."""
+    layout = source_layout(state)
+    if layout is None:
+        raise source_error(model, "no quantiser codebooks (quantize_t/b or quantize_2/1 .embed) in the VQ-VAE-2 file")
     prefix = _SOURCE_NAMES[layout]["enc_b"] + "."
     first = next(v for k, v in state.items() if k.startswith(prefix) and k.endswith("weight"))
-    return int(first.shape[1])
+    side = 2 ** (config["bottom_down"] + 3)
+    return DataSpec(("image",), (int(first.shape[1]),), 2, (side, side), (-1.0, 1.0))
 
 
 def vq2_from_source(

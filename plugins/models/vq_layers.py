@@ -61,12 +61,18 @@ def _norm(channels: int, batch_norm: bool) -> nn.Module:
     return nn.BatchNorm2d(channels) if batch_norm else nn.Identity()
 
 
-class Encoder(nn.Sequential):
-    """Downsample by ``2**n_down`` to ``hidden`` channels.
+class StridedEncoder(nn.Sequential):
+    """Strided convolutions first: downsample by ``2**n_down`` to ``hidden`` channels.
 
     ``n_down`` 4x4 stride-2 convolutions (each followed by optional batch norm and ReLU)
     widen the channels up to ``hidden`` (``hidden / 2**(n_down-1)``, ..., ``hidden``), then
-    a 3x3 convolution and a :class:`ResidualStack` refine the features.
+    a 3x3 convolution and a :class:`ResidualStack` refine the features. With ``narrow_first``
+    the first strided convolution stops at ``hidden / 2`` even for a single halving and the
+    3x3 convolution widens to ``hidden`` (rosinality's stride-2 encoder); for two or more
+    halvings the widths are the same either way.
+
+    The other encoder of this package, ``vq2_layers.StemFirstBNEncoder`` (seed 002), starts
+    with a 3x3 stem convolution before its strided ones and normalises every convolution.
     """
 
     def __init__(
@@ -77,22 +83,25 @@ class Encoder(nn.Sequential):
         n_res_layers: int,
         n_down: int,
         batch_norm: bool = False,
+        narrow_first: bool = False,
     ) -> None:
-        if n_down < 1 or hidden % 2 ** (n_down - 1):
+        if n_down < 1 or hidden % max(2 ** (n_down - 1), 2 if narrow_first else 1):
             raise ValueError(f"hidden={hidden} must be divisible by 2**(n_down-1) with n_down={n_down} >= 1")
         layers: list[nn.Module] = []
         channels = in_channels
         for i in range(n_down):
             out = hidden // 2 ** (n_down - 1 - i)
+            if narrow_first and n_down == 1:
+                out = hidden // 2
             layers += [nn.Conv2d(channels, out, 4, stride=2, padding=1), _norm(out, batch_norm), nn.ReLU()]
             channels = out
-        layers += [nn.Conv2d(hidden, hidden, 3, padding=1), _norm(hidden, batch_norm)]
+        layers += [nn.Conv2d(channels, hidden, 3, padding=1), _norm(hidden, batch_norm)]
         layers.append(ResidualStack(hidden, res_hidden, n_res_layers))
         super().__init__(*layers)
 
 
 class Decoder(nn.Sequential):
-    """Mirror of :class:`Encoder`: upsample by ``2**n_up`` to ``out_channels``.
+    """Mirror of :class:`StridedEncoder`: upsample by ``2**n_up`` to ``out_channels``.
 
     A 3x3 convolution to ``hidden`` channels and a :class:`ResidualStack`, then ``n_up``
     4x4 stride-2 transposed convolutions halving the channels (``hidden``, ``hidden/2``,

@@ -29,7 +29,7 @@ from bench_core.api import (
 from bench_core.hookspecs import hookimpl
 
 from ._common import eval_mode
-from .vq_layers import CodeUsage, Decoder, Encoder, QuantizerOutput, VectorQuantizer, VectorQuantizerEMA
+from .vq_layers import CodeUsage, Decoder, QuantizerOutput, StridedEncoder, VectorQuantizer, VectorQuantizerEMA
 
 _QUANTIZERS = {"ema": VectorQuantizerEMA, "codebook_loss": VectorQuantizer}
 
@@ -85,7 +85,7 @@ def _shape_problem(shape: tuple[int, ...], n_down: int) -> str | None:
 class VQVAE(nn.Module):
     """Single-level VQ-VAE reconstructing the one modality of a 2D dataset.
 
-    Encoder (``n_down`` stride-2 convolutions) -> 1x1 convolution to ``embedding_dim`` ->
+    Strided encoder (``n_down`` stride-2 convolutions) -> 1x1 convolution to ``embedding_dim`` ->
     vector quantiser (``quantizer``: ``"ema"`` or ``"codebook_loss"``) -> decoder back to
     the input resolution, with no output activation so outputs live in the data's range.
     Training loss: ``MSE(x_hat, x) + beta * commitment`` (+ the codebook loss for the
@@ -114,7 +114,7 @@ class VQVAE(nn.Module):
         hidden, n_down, bn = config["hidden"], config["n_down"], config["batch_norm"]
         res = (config["res_hidden"], config["n_res_layers"])
         try:
-            self.encoder = Encoder(channels, hidden, *res, n_down, bn)
+            self.encoder = StridedEncoder(channels, hidden, *res, n_down, bn)
             self.decoder = Decoder(config["embedding_dim"], channels, hidden, *res, n_down, bn)
         except ValueError as exc:
             raise BenchError(str(exc)) from exc

@@ -24,7 +24,7 @@ from torch import Tensor, nn
 from bench_core.api import API_VERSION, RECONSTRUCT, BenchError, DataSpec, OptimizerSpec, TrainingStage
 from bench_core.hookspecs import hookimpl
 
-from ._common import eval_mode, only_dict, source_error, sub_state
+from ._common import eval_mode, only_dict, sub_state
 from .vq2_layers import (
     VQ2_SEED002,
     VQ2_SEED004,
@@ -33,11 +33,10 @@ from .vq2_layers import (
     VQVAE2Net,
     input_problem,
     level_usage,
-    source_in_channels,
-    source_layout,
     to_memory_format,
     vq2_from_source,
 )
+from .vq2_layers import source_spec as vq2_source_spec
 
 
 class VQVAE2(nn.Module):
@@ -79,12 +78,7 @@ class VQVAE2(nn.Module):
     @classmethod
     def source_spec(cls, sources: Sequence[Any], config: Mapping[str, Any]) -> DataSpec:
         """A data spec the source checkpoint fits: its image channels, a shape its grids divide."""
-        state = _source_state(sources)
-        layout = source_layout(state)
-        if layout is None:
-            raise source_error(cls.name, "no quantiser codebooks (quantize_t/b or quantize_2/1 .embed) found")
-        side = 2 ** (config["bottom_down"] + 3)
-        return DataSpec(("image",), (source_in_channels(state, layout),), 2, (side, side), (-1.0, 1.0))
+        return vq2_source_spec(cls.name, _source_state(sources), config)
 
     @classmethod
     def from_source(cls, sources: Sequence[Any], config: Mapping[str, Any]) -> dict[str, Tensor]:
