@@ -287,7 +287,7 @@ def _check_eval_files(diagnosis: Diagnosis, stamp: str) -> None:
 
 
 def _eval_damage(path: Path) -> str | None:
-    from bench_core.report.html import eval_json_problem  # the report's own shape check, so the two agree
+    from bench_core.results import eval_json_problem  # the report's own shape check, so the two agree
 
     try:
         return eval_json_problem(json.loads(path.read_text()))

@@ -7,7 +7,8 @@ from pathlib import Path
 
 from bench_core.api import BenchError
 from bench_core.fileio import write_atomic
-from bench_core.store import STORE_NAME, ResultsStore
+from bench_core.results import all_rows, load_results
+from bench_core.store import STORE_NAME
 from bench_core.tables import build_tables, to_latex, to_markdown
 
 
@@ -22,23 +23,16 @@ def export(output_dir: Path, fmt: str, out: Path | None = None) -> str:
     if not (output_dir / STORE_NAME).exists():
         raise BenchError(f"no results store ({STORE_NAME}) in {output_dir}")
     if fmt in ("markdown", "latex"):
-        from bench_core.report.html import load_report_data
-
-        data = load_report_data(output_dir)
+        data = load_results(output_dir)
         tables = build_tables(data.results, data.per_item)
         text = to_markdown(tables) if fmt == "markdown" else to_latex(tables)
         if out is None:
             return text
         write_atomic(out, text)
         return str(out)
-    store = ResultsStore(output_dir)
-    try:
-        rows = store.results()
-    finally:
-        store.close()
     import pandas as pd
 
-    frame = pd.DataFrame([row.as_dict() for row in rows])
+    frame = pd.DataFrame([row.as_dict() for row in all_rows(output_dir)])
     for column in ("settings", "provenance", "counters"):
         if column in frame:
             frame[column] = frame[column].map(lambda v: json.dumps(v, sort_keys=True))

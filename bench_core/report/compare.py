@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from bench_core.fileio import write_atomic
-from bench_core.report.html import ReportData, _environment, _version, load_report_data, provenance_context
+from bench_core.report.jinja import engine_version, environment
+from bench_core.results import StoredResults, load_results, provenance_context
 from bench_core.rows import ResultRow
 from bench_core.tables import Aggregate, aggregate, arrow, fmt_number, task_rank
 
@@ -100,7 +101,7 @@ def _side_noise(agg: Aggregate, side: str) -> Noise | None:
     return None
 
 
-def differences(a: ReportData, b: ReportData) -> list[Difference]:
+def differences(a: StoredResults, b: StoredResults) -> list[Difference]:
     """Every (dataset, task, model, metric) of either side, with both values, delta and noise."""
     grouped: dict[tuple[str, str, str, str], dict[str, list[ResultRow]]] = defaultdict(lambda: {"A": [], "B": []})
     directions: dict[tuple[str, str, str, str], bool | None] = {}
@@ -145,7 +146,7 @@ def _settings_diff(rows_a: list[ResultRow], rows_b: list[ResultRow]) -> str:
     return "; ".join(parts) or "settings differ"
 
 
-def _side_label(data: ReportData, given: str | Path) -> dict[str, Any]:
+def _side_label(data: StoredResults, given: str | Path) -> dict[str, Any]:
     prov = provenance_context(data)
     return {"given": str(given), "dir": str(data.output_dir), "suite": data.suite, "runs": prov["runs"],
             "suite_hashes": prov["suite_hashes"]}  # fmt: skip
@@ -181,8 +182,8 @@ def compare(a: str | Path, b: str | Path, out: Path) -> tuple[Path, Path]:
     ``a`` and ``b`` are output directories (or ``results.sqlite`` files), each optionally
     suffixed with ``::SUITE``; they may name the same store with different suites.
     """
-    data_a = load_report_data(*parse_side(a))
-    data_b = load_report_data(*parse_side(b))
+    data_a = load_results(*parse_side(a))
+    data_b = load_results(*parse_side(b))
     diffs = differences(data_a, data_b)
     side_a, side_b = _side_label(data_a, a), _side_label(data_b, b)
     out = Path(out)
@@ -192,12 +193,12 @@ def compare(a: str | Path, b: str | Path, out: Path) -> tuple[Path, Path]:
     for d in diffs:
         counts[d.verdict] += 1
     html = (
-        _environment()
+        environment()
         .get_template("compare.html")
         .render(
             suite=f"{data_a.suite} vs {data_b.suite}",
             root="",
-            version=_version(),
+            version=engine_version(),
             arrow=arrow,
             diffs=diffs,
             side_a=side_a,

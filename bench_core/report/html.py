@@ -1,9 +1,10 @@
 """The HTML report: rebuilt from the results store alone (``bench report OUTPUT_DIR``).
 
 Static and self-contained: inline CSS and JS, images referenced relative to the page, so
-it opens from ``file://`` with no network. Rendered with autoescaping on. The store is
-read once (three queries) and each cell's ``eval.json`` once; everything else is
-computed in memory, so a report over hundreds of cells stays fast.
+it opens from ``file://`` with no network. Rendered with autoescaping on. The data comes
+from the read model (:mod:`bench_core.results`: the store read once, each cell's
+``eval.json`` once) and the tables (:mod:`bench_core.tables`); everything else is computed
+in memory, so a report over hundreds of cells stays fast.
 
 Pages: ``index.html`` (leaderboards per dataset and task, failed and skipped cells, cell
 list, speed, provenance) and ``cells/<slug>/index.html`` per finished cell (curves, image
@@ -14,120 +15,20 @@ the machine-readable twin of the leaderboard tables.
 from __future__ import annotations
 
 import json
-import logging
 import math
 from collections import defaultdict
-from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from bench_core.api import BenchError
 from bench_core.fileio import write_atomic
-from bench_core.rows import ResultRow
-from bench_core.store import STORE_NAME, ResultsStore
+from bench_core.report.jinja import engine_version, environment
+from bench_core.results import StoredResults, load_results, provenance_context
 from bench_core.tables import Aggregate, Table, aggregate, arrow, build_tables
 
 _WIDTH, _HEIGHT = 420, 130
 WORST_N = 8
 BENCHMARKS_NAME = "benchmarks.json"
-_THROUGHPUT_SUFFIX = "images_per_s"
-logger = logging.getLogger(__name__)
-
-
-@dataclass
-class ReportData:
-    """Everything a report (or a comparison) needs, read from one store in one go."""
-
-    output_dir: Path
-    suite: str
-    runs: list[dict[str, Any]]
-    results: list[ResultRow]
-    cells: list[dict[str, Any]]
-    evals: dict[str, dict[str, Any]] = field(default_factory=dict)  # cell_key -> parsed eval.json
-    per_item: dict[tuple[str, str, str], list[float]] = field(default_factory=dict)
-    by_cell: dict[str, list[ResultRow]] = field(default_factory=dict)  # cell_key -> its result rows
-    superseded: int = 0  # cells of earlier versions of the suite, left out of (or relabelled in) the data
-
-
-def load_report_data(path: str | Path, suite: str | None = None, everything: bool = False) -> ReportData:
-    """Read runs, results and cells of ``suite`` (default: the latest run's) and the cells' eval.json.
-
-    Only the cells of the suite as it was last run are read: a cell of an earlier version
-    of the suite (other settings, data or code: another cell key) is superseded, counted in
-    ``superseded`` and left out, so tables never mix two versions of a cell as two seeds.
-
-    Args:
-        path: an output directory holding ``results.sqlite``, or the ``.sqlite`` file itself.
-        suite: which suite of the store; a store shared by several suites holds them all.
-        everything: keep superseded cells too, each labelled ``model (superseded, run RUN)``
-            so that they sit in rows of their own.
-    """
-    path = Path(path)
-    output_dir = path.parent if path.suffix == ".sqlite" else path
-    if not (output_dir / STORE_NAME).exists() and path.suffix != ".sqlite":
-        raise BenchError(f"no results store ({STORE_NAME}) in {output_dir}")
-    store = ResultsStore(path)
-    try:
-        all_runs = store.runs()
-        suite = suite or (all_runs[-1]["suite"] if all_runs else output_dir.name)
-        results = store.results(suite)
-        cells = store.cells(suite)
-        current = store.plan_keys(suite)
-    finally:
-        store.close()
-    old = {c["cell_key"]: c["run_id"] for c in cells if current is not None and c["cell_key"] not in current}
-    if everything:
-        for cell in cells:
-            if cell["cell_key"] in old:
-                cell["model"] = f"{cell['model']} (superseded, run {old[cell['cell_key']]})"
-        results = [r.replace(model=f"{r.model} (superseded, run {old[r.cell_key]})") if r.cell_key in old else r
-                   for r in results]  # fmt: skip
-    else:
-        cells = [c for c in cells if c["cell_key"] not in old]
-        results = [r for r in results if r.cell_key not in old]
-    data = ReportData(output_dir, suite, [r for r in all_runs if r["suite"] == suite], results, cells)
-    data.superseded = len(old)
-    for row in results:
-        data.by_cell.setdefault(row.cell_key, []).append(row)
-    for cell in cells:
-        cell_dir = cell["details"].get("cell_dir")
-        eval_path = output_dir / cell_dir / "eval.json" if cell_dir else None
-        if cell["status"] != "done" or eval_path is None or not eval_path.exists():
-            continue
-        try:
-            parsed = json.loads(eval_path.read_text())
-            problem = eval_json_problem(parsed)
-        except (OSError, ValueError) as exc:  # ValueError: bad JSON or bad UTF-8
-            problem = str(exc)
-        if problem:  # a damaged eval.json costs the per-item intervals and galleries, not the report
-            logger.warning("warning: %s is damaged (%s); the report goes on without its per-item values",
-                           eval_path, problem)  # fmt: skip
-            continue
-        data.evals[cell["cell_key"]] = parsed
-        for task, metrics in parsed.items():
-            for metric, entry in metrics.items():
-                values = entry.get("per_file") if isinstance(entry, dict) else None
-                if values:
-                    data.per_item[(cell["cell_key"], task, metric)] = [values[k] for k in sorted(values)]
-    return data
-
-
-def eval_json_problem(parsed: Any) -> str | None:
-    """Why ``parsed`` is not shaped like an eval.json (``{task: {metric: {"per_file": {id: number}}}}``), or None."""
-    if not isinstance(parsed, dict):
-        return f"a JSON {type(parsed).__name__}, expected an object of tasks"
-    for task, metrics in parsed.items():
-        if not isinstance(metrics, dict):
-            return f"task {task!r} is a JSON {type(metrics).__name__}, expected an object of metrics"
-        for metric, entry in metrics.items():
-            per_file = entry.get("per_file") if isinstance(entry, dict) else None
-            numbers = isinstance(per_file, dict) and all(
-                isinstance(v, int | float) and not isinstance(v, bool) for v in per_file.values()
-            )
-            if per_file is not None and not numbers:
-                return f"{task}.{metric}.per_file is not an object of numbers"
-    return None
 
 
 def curve_svg(points: list[dict[str, float]], key: str = "loss") -> str:
@@ -178,10 +79,10 @@ def build_report(
             (their HTML is trusted and inserted as is).
         benchmarks: a pytest-benchmark JSON file; it is copied to ``<output_dir>/benchmarks.json``
             so later rebuilds keep the speed section.
-        everything: show superseded cells too (in rows of their own), see :func:`load_report_data`.
+        everything: show superseded cells too (in rows of their own), see :func:`bench_core.results.load_results`.
     """
     output_dir = Path(output_dir)
-    data = load_report_data(output_dir, everything=everything)
+    data = load_results(output_dir, everything=everything)
     kept = output_dir / BENCHMARKS_NAME
     if benchmarks is not None:
         speed = load_benchmarks(benchmarks)  # validate before replacing an earlier copy
@@ -190,10 +91,10 @@ def build_report(
     else:
         speed = load_benchmarks(kept) if kept.exists() else None
     tables = build_tables(data.results, data.per_item)
-    env = _environment()
+    env = environment()
     provenance = provenance_context(data)
     cell_pages = _cell_pages(data)
-    common = {"suite": data.suite, "provenance": provenance, "version": _version(), "arrow": arrow}
+    common = {"suite": data.suite, "provenance": provenance, "version": engine_version(), "arrow": arrow}
 
     by_dataset: dict[str, dict[str, Any]] = {}
     for name in sorted({t.dataset for t in tables} | {c["dataset"] for c in data.cells}):
@@ -243,44 +144,15 @@ def build_report(
     return index
 
 
-def _environment():
-    from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
-
-    # StrictUndefined: a typo in a template fails the build instead of printing nothing.
-    env = Environment(
-        loader=PackageLoader("bench_core", "report/templates"),
-        autoescape=select_autoescape(["html"]),
-        undefined=StrictUndefined,
-        trim_blocks=True,
-        lstrip_blocks=True,
-    )
-    env.filters["pretty"] = lambda v: json.dumps(v, sort_keys=True, default=str)
-    env.filters["when"] = _when
-    env.globals["zip"] = zip
-    return env
-
-
-def _version() -> str:
-    from bench_core import __version__
-
-    return __version__
-
-
 def _read(path: Path) -> str:
     return path.read_text() if path.exists() else ""
-
-
-def _when(timestamp: float | None) -> str:
-    if not timestamp:
-        return "–"
-    return datetime.fromtimestamp(timestamp, tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 def _cell_title(cell: dict[str, Any]) -> str:
     return f"{cell['model']} / {cell['dataset']} / seed{cell['seed']}"
 
 
-def _cell_pages(data: ReportData) -> dict[str, dict[str, Any]]:
+def _cell_pages(data: StoredResults) -> dict[str, dict[str, Any]]:
     """cell_key -> where its detail page goes, for every finished cell that has a folder."""
     pages = {}
     for c in data.cells:
@@ -292,64 +164,8 @@ def _cell_pages(data: ReportData) -> dict[str, dict[str, Any]]:
     return pages
 
 
-# -- provenance ---------------------------------------------------------------------------------
-def provenance_context(data: ReportData, cell: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Runs (git, packages, device), suite hash, metric settings and timing protocols for a page.
-
-    With ``cell``, only that cell's run and rows; otherwise the whole suite.
-    """
-    results = data.results if cell is None else data.by_cell.get(cell["cell_key"], [])
-    run_ids = {r.run_id for r in results} | ({cell["run_id"]} if cell else {c["run_id"] for c in data.cells})
-    runs = [r for r in data.runs if r["run_id"] in run_ids] or ([] if cell else data.runs)
-    metric_settings: dict[str, dict[str, list[str]]] = defaultdict(dict)
-    timing: dict[str, list[str]] = {}
-    for r in results:
-        text = json.dumps(r.settings, sort_keys=True, default=str)
-        where = f"{r.dataset}/{r.task}"
-        if r.metric.endswith(_THROUGHPUT_SUFFIX):
-            timing.setdefault(text, [])
-            if where not in timing[text]:
-                timing[text].append(where)
-            continue
-        users = metric_settings[r.metric].setdefault(text, [])
-        if where not in users:
-            users.append(where)
-    # Every metric row of a task repeats the task's clamp counters: count each (cell, task) once.
-    counters = {
-        (r.cell_key, r.task): (int(r.counters["pred_clamped"]), int(r.counters.get("pred_values") or 0))
-        for r in results
-        if r.counters.get("pred_clamped") is not None
-    }
-    return {
-        "runs": [_run_view(r) for r in runs],
-        "suite_hashes": sorted({r["suite_hash"] for r in runs}),
-        "metric_settings": {m: metric_settings[m] for m in sorted(metric_settings)},
-        "timing": [(json.loads(k), v) for k, v in sorted(timing.items())],
-        "clamped": [sum(c for c, _ in counters.values()), sum(v for _, v in counters.values())],
-    }
-
-
-def _run_view(run: dict[str, Any]) -> dict[str, Any]:
-    prov = run["provenance"]
-    git = prov.get("git") or {}
-    hardware = {k: prov[k] for k in ("device", "gpu", "gpu_memory_gb", "cuda", "cudnn") if prov.get(k) is not None}
-    host = {k: prov[k] for k in ("python", "platform", "cpu", "torch_threads") if prov.get(k) is not None}
-    return {
-        "run_id": run["run_id"],
-        "started": run["started"],
-        "finished": run["finished"],
-        "suite_hash": run["suite_hash"],
-        "argv": " ".join(json.loads(run["argv"] or "[]")),
-        "commit": git.get("commit") or "not a git checkout",
-        "dirty": {True: "dirty", False: "clean"}.get(git.get("dirty"), "unknown"),
-        "hardware": hardware,
-        "host": host,
-        "packages": prov.get("packages") or {},
-    }
-
-
 # -- cell pages ---------------------------------------------------------------------------------
-def _cell_context(cell: dict[str, Any], data: ReportData, depth: int) -> dict[str, Any]:
+def _cell_context(cell: dict[str, Any], data: StoredResults, depth: int) -> dict[str, Any]:
     details = cell["details"]
     rows = data.by_cell.get(cell["cell_key"], [])
     cell_dir = data.output_dir / details["cell_dir"]

@@ -12,7 +12,7 @@ import torch
 from toy_suites import toy_suite
 
 from bench_core.evaluator import Spread
-from bench_core.report.html import load_report_data
+from bench_core.results import load_results
 from bench_core.tables import build_tables
 
 
@@ -26,7 +26,7 @@ def _cells(out: Path) -> list[dict]:
 
 
 def _table(out: Path, dataset: str, task: str):
-    data = load_report_data(out)
+    data = load_results(out)
     return next(t for t in build_tables(data.results, data.per_item) if (t.dataset, t.task) == (dataset, task))
 
 
@@ -74,7 +74,7 @@ def test_baselines_equal_hand_computed_values(run_bench, write_suite, tmp_path):
     assert a2b.baselines["nearest-train"]["toy-mae"].mean == pytest.approx(expected_nearest, abs=1e-6)
     # Never ranked, and stored as rows of their own kind.
     assert not any(a.best for aggs in a2b.baselines.values() for a in aggs.values())
-    kinds = {r["kind"] for r in load_report_data(out).results if r["model"].startswith("baseline:")}
+    kinds = {r["kind"] for r in load_results(out).results if r["model"].startswith("baseline:")}
     assert kinds == {"baseline"}
 
 
@@ -93,7 +93,7 @@ def test_constant_model_is_flagged_below_baseline_and_input_independent(run_benc
     assert "output does not depend on the input (output/target spread 0" in flags
     assert table.rows["constant"]["toy-mae"].below_baseline
     assert "toy-ae" not in table.flags  # the trained model beats the mean image and varies with its input
-    diag = [r for r in load_report_data(out).results if r["metric"] == "input_dependence"]
+    diag = [r for r in load_results(out).results if r["metric"] == "input_dependence"]
     assert {r["model"]: round(r["value"], 6) for r in diag}["constant"] == 0.0
     index = (out / "index.html").read_text()
     assert "output does not depend on the input" in index and "mean-image" in index
@@ -119,13 +119,13 @@ def test_edited_suite_supersedes_old_rows_and_metric_edit_reuses_weights(run_ben
     model_cells = [c for c in _cells(out) if c["kind"] == "model"]
     assert len(model_cells) == 2
     assert json.loads(model_cells[-1]["details"])["weights"].startswith("checkpoint store")
-    data = load_report_data(out)
+    data = load_results(out)
     assert data.superseded == 2  # the model cell and the mean-image baseline of the first version
     table = next(t for t in build_tables(data.results) if t.task == "recon")
     agg = table.rows["toy-ae"]["toy-mae"]
     assert agg.n_seeds == 1 and agg.seeds == [0]  # never two versions of one cell as two seeds
     assert "2 older results of earlier versions of this suite" in (out / "index.html").read_text()
-    everything = load_report_data(out, everything=True)
+    everything = load_results(out, everything=True)
     labels = {r["model"] for r in everything.results}
     assert any(label.startswith("toy-ae (superseded, run ") for label in labels)
 
@@ -137,7 +137,7 @@ def test_failed_cells_of_an_earlier_edit_are_not_listed(run_bench, write_suite, 
     write_suite(toy_suite(metrics=["toy-mae"]))
     assert run_bench("run", str(path)).returncode == 0
     out = tmp_path / "reports" / "toy"
-    assert "diverges" not in {c["model"] for c in load_report_data(out).cells}
+    assert "diverges" not in {c["model"] for c in load_results(out).cells}
     assert "consecutive updates skipped" not in (out / "index.html").read_text()
 
 
@@ -155,4 +155,4 @@ def test_replaced_data_under_the_same_root_makes_new_cells(run_bench, write_suit
     model_cells = [c for c in _cells(out) if c["kind"] == "model"]
     assert len(model_cells) == 2
     assert json.loads(model_cells[-1]["details"])["weights"].startswith("trained")
-    assert load_report_data(out).superseded == 2
+    assert load_results(out).superseded == 2

@@ -5,7 +5,7 @@ import math
 import pytest
 
 from bench_core.report.compare import compare, differences, parse_side
-from bench_core.report.html import load_report_data
+from bench_core.results import load_results
 
 
 def ssim(value, std=0.04, n=4, preset="gaussian"):
@@ -18,7 +18,7 @@ def test_two_stores_deltas_and_noise(tmp_path, make_store):
     b = make_store(tmp_path / "b", "s", [("m", "d", 0, ssim(0.80), None), ("m", "d", 1, ssim(0.86), None),
                                          ("k", "d", 0, ssim(0.51, std=0.08, n=16), None),
                                          ("new", "d", 0, ssim(0.6), None)])  # fmt: skip
-    diffs = {(d.model, d.metric): d for d in differences(load_report_data(a), load_report_data(b))}
+    diffs = {(d.model, d.metric): d for d in differences(load_results(a), load_results(b))}
     m = diffs[("m", "ssim")]
     # A: mean 0.71, σ seeds 0.01414; B: mean 0.83, σ seeds 0.04243 -> noise 0.04243 (B), delta +0.12.
     assert m.delta == pytest.approx(0.12) and m.noise.value == pytest.approx(math.sqrt(2) * 0.03)
