@@ -12,7 +12,8 @@ formatting methods, so the three show the same numbers.
 Tables are read against references. Baseline rows (``kind = "baseline"``: the mean
 training image, the input itself, the nearest training item) sit in the table of every
 task they can do, are never ranked, and a model whose interval does not beat the
-``mean-image`` baseline on a ranked metric is flagged "below baseline". Diagnostic rows
+``mean-image`` baseline on a ranked metric with intervals on both sides is flagged
+"below baseline". Diagnostic rows
 (``kind = "diagnostic"``) are not columns: an ``input_dependence`` under its stored
 threshold flags the model's row as not depending on its input, with the model's own
 ``collapsed*`` counts beside it.
@@ -181,7 +182,9 @@ def _flag_row(table: Table, model: str, diagnostics: list[ResultRow], collapsed:
     below = []
     for metric, higher in table.metrics:
         agg, ref = table.rows[model].get(metric), reference.get(metric)
-        if higher is None or agg is None or ref is None or agg.sort_value is None or ref.sort_value is None:
+        # Only metrics with an interval on both sides (per-item values, or seeds): a distribution
+        # metric (FID, SWD) of one run has no spread to say whether a difference is real.
+        if higher is None or agg is None or ref is None or agg.ci is None or ref.ci is None:
             continue
         if agg.settings_key == ref.settings_key and not _beats(agg, ref, higher):
             agg.below_baseline = True
