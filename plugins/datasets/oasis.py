@@ -1,7 +1,8 @@
 """The ``oasis`` dataset plugin: 2D brain T1 MR slices, as COMP3710 PNG slices or raw 3D NIfTI volumes.
 
-Reads OASIS-1 T1 brain MRI in either layout of datasets.md §1.4 (the ``keras_png_slices_data``
-PNG set, or a flat folder of 3D volumes sliced as seed 002 does, models.md §3.1) and writes a
+Reads OASIS-1 T1 brain MRI in the layouts of datasets.md §1.4 (the ``keras_png_slices_data``
+PNG set, or a flat folder of 3D volumes sliced as seed 002 does, models.md §3.1) or seed 002's
+own folder of 2D centre-slice NIfTIs (``layout: slices``, read and split as it does), and writes a
 brain-phantom stand-in built on the real MNI152 anatomy in the PNG layout (:meth:`Oasis.make_embedded`).
 """
 
@@ -39,13 +40,17 @@ from ._common import (
 SPLIT_FOLDERS = {"train": "keras_png_slices_train", "val": "keras_png_slices_validate", "test": "keras_png_slices_test"}
 """Image folder of each split of the PNG layout; masks live in the same name with ``seg_`` after ``slices_``."""
 
-LAYOUTS = ("png", "nifti")
+LAYOUTS = ("png", "nifti", "slices")
 PNG_LAYOUT = (
     "ROOT/keras_png_slices_{train,validate,test}/case_NNN_slice_S.nii.png "
     "(8-bit grayscale 256x256 PNGs; keras_png_slices_seg_* mask folders are ignored)"
 )
 NIFTI_LAYOUT = "ROOT/*.nii.gz or ROOT/*.nii: a flat folder of 3D T1 volumes (at least 3)"
-DEFAULT_SIZES = {"png": (256, 256), "nifti": (64, 64)}
+SLICES_LAYOUT = (
+    "ROOT/*.nii.gz or ROOT/*.nii: a flat folder of 2D NIfTI centre slices, one per volume, as seed 002's "
+    "extract_slices.py writes them (at least 3)"
+)
+DEFAULT_SIZES = {"png": (256, 256), "nifti": (64, 64), "slices": (64, 64)}
 SPLIT_SEED = 42
 """Seed of the volume-level split of the NIfTI layout (seed 002 uses 42)."""
 TEST_DIVISOR = 20
@@ -145,6 +150,49 @@ def load_volume_slice(path: Path, size: tuple[int, int]) -> torch.Tensor:
     return cover_crop(image, size).clamp_(-1.0, 1.0)
 
 
+def load_2d_slice(path: Path, size: tuple[int, int]) -> torch.Tensor:
+    """A 2D NIfTI slice (seed 002's ``SLICES_PATH`` files) as float32 ``(1, H, W)`` in [-1, 1].
+
+    As seed 002's ``OASISDataset``: the whole array (trailing singleton axes dropped) min-max
+    scaled to [-1, 1], then resized so the shorter side fits and centre-cropped to ``size``.
+    Unreadable files, arrays that are not 2D and NaN/Inf values raise :class:`DataError`.
+    """
+    proxy = open_nifti(path)
+    shape = tuple(proxy.shape)
+    while len(shape) > 2 and shape[-1] == 1:
+        shape = shape[:-1]
+    if len(shape) != 2:
+        raise DataError(f"{path}: expected a 2D slice, got shape {tuple(proxy.shape)} (3D volumes: layout=nifti)")
+    try:
+        array = np.asarray(proxy.dataobj, dtype=np.float32).reshape(shape)
+    except NIFTI_READ_ERRORS as exc:
+        raise nifti_data_error(path, proxy, exc) from exc
+    if not np.isfinite(array).all():
+        raise DataError(f"{path}: slice contains NaN or Inf values")
+    image = minmax(torch.from_numpy(np.ascontiguousarray(array))[None])
+    return cover_crop(image, size).clamp_(-1.0, 1.0)
+
+
+def split_like_source(files: Sequence[Path]) -> dict[str, list[Path]]:
+    """Seed 002's own split, as its ``torch.utils.data.random_split`` calls make it.
+
+    ``test = len // 20`` items at the end of ``torch.randperm(len)`` drawn with a generator
+    seeded 42, then ``val = len(rest) // 20`` at the end of a second ``randperm`` of the rest
+    with a fresh generator seeded 42. The source lists its folder in ``os.listdir`` order
+    (which depends on the file system); here the list is sorted first, so the split is the
+    same on every machine. Each of test and val holds at least one file.
+    """
+    files = sorted(files)
+    n_test = max(1, len(files) // TEST_DIVISOR)
+    order = torch.randperm(len(files), generator=torch.Generator().manual_seed(SPLIT_SEED)).tolist()
+    main, test = order[: len(files) - n_test], order[len(files) - n_test :]
+    n_val = max(1, len(main) // TEST_DIVISOR)
+    inner = torch.randperm(len(main), generator=torch.Generator().manual_seed(SPLIT_SEED)).tolist()
+    train = [main[i] for i in inner[: len(main) - n_val]]
+    val = [main[i] for i in inner[len(main) - n_val :]]
+    return {name: sorted(files[i] for i in part) for name, part in (("train", train), ("val", val), ("test", test))}
+
+
 def split_volumes(files: Sequence[Path]) -> dict[str, list[Path]]:
     """Seed 002's split of the NIfTI layout, made deterministic and never empty.
 
@@ -178,6 +226,8 @@ class OasisSlices(Dataset):
         path = self.files[index]
         if self.layout == "png":
             return {"image": load_png_slice(path, self.size), "id": _png_stem(path)}
+        if self.layout == "slices":
+            return {"image": load_2d_slice(path, self.size), "id": _nifti_stem(path)}
         return {"image": load_volume_slice(path, self.size), "id": _nifti_stem(path)}
 
 
@@ -196,13 +246,19 @@ class Oasis:
     ``len // 20`` volumes (at least 1) in test and ``rest // 20`` (at least 1) in val; at least 3
     volumes are needed. Ids are the file stems.
 
-    In both layouts each slice is min-max scaled per slice to [-1, 1] (a constant slice becomes
+    ``layout="slices"``: seed 002's own data layout, the folder its ``extract_slices.py`` writes:
+    one 2D NIfTI per volume holding that volume's centre slice. Each is read as its
+    ``OASISDataset`` does (min-max to [-1, 1], shorter side resized to D, centre crop), and the
+    splits are the source's two ``random_split`` calls with generator seed 42
+    (:func:`split_like_source`; the source's folder listing order is unsorted, ours sorted).
+
+    In every layout each slice is min-max scaled per slice to [-1, 1] (a constant slice becomes
     -1), as seed 002 does; files are read lazily, each split in sorted file-name order.
 
     Options:
-        layout: ``"png"`` or ``"nifti"`` (see above).
+        layout: ``"png"``, ``"nifti"`` or ``"slices"`` (see above).
         size: ``[H, W]`` of the yielded images; default ``[256, 256]`` for ``png`` (the files'
-            own size) and ``[64, 64]`` for ``nifti`` (seed 002's final D = 64).
+            own size) and ``[64, 64]`` for ``nifti`` and ``slices`` (seed 002's final D = 64).
     """
 
     name = "oasis"
@@ -225,6 +281,9 @@ class Oasis:
                 split: list_split_files(self.root, folder, ("*.png",), PNG_LAYOUT)
                 for split, folder in SPLIT_FOLDERS.items()
             }
+        elif layout == "slices":
+            self.root = check_root(self.name, root, SLICES_LAYOUT)
+            self._files = split_like_source(list_volumes(self.name, self.root, SLICES_LAYOUT))
         else:
             self.root = check_root(self.name, root, NIFTI_LAYOUT)
             self._files = split_volumes(list_volumes(self.name, self.root, NIFTI_LAYOUT))
@@ -232,7 +291,11 @@ class Oasis:
     def spec(self) -> DataSpec:
         """Single-channel 2D images at ``size`` in [-1, 1]; split sizes from the file listing."""
         h, w = self.size
-        source = "keras_png_slices PNG" if self.layout == "png" else "middle slice of 3D NIfTI"
+        source = {
+            "png": "keras_png_slices PNG",
+            "nifti": "middle slice of 3D NIfTI",
+            "slices": "seed 002's 2D NIfTI centre slices",
+        }[self.layout]
         return DataSpec(
             modalities=("image",),
             channels=(1,),
@@ -251,7 +314,7 @@ class Oasis:
         """Hash of the files' relative paths, sizes and sampled bytes (spread through each volume for ``nifti``)."""
         files = [f for files in self._files.values() for f in files]
         # A volume's leading bytes are mostly background; PNG slices are small and compressed.
-        return fingerprint_files(self.root, files) if self.layout == "png" else fingerprint_spread(self.root, files)
+        return fingerprint_files(self.root, files) if self.layout != "nifti" else fingerprint_spread(self.root, files)
 
     @classmethod
     def make_embedded(cls, root: Path, n: int = 64, seed: int = 0) -> None:
