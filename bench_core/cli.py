@@ -210,7 +210,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="also load plugin NAME (entry point or module); with BENCH_DISABLE_PLUGIN_AUTOLOAD=1, only these",
     )  # fmt: skip
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for add in _SUBCOMMANDS:
+        add(sub)
+    return parser
 
+
+def _add_run(sub) -> None:
+    """``bench run``."""
     run = sub.add_parser("run", help="train/load and evaluate every cell of a suite, then write the report")
     run.add_argument("suite", help="suite YAML file")
     run.add_argument("--dry-run", action="store_true", help="check the suite and print the cells without running")
@@ -225,6 +231,9 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     run.set_defaults(func=cmd_run)
 
+
+def _add_plugins(sub) -> None:
+    """``bench plugins``."""
     plugins = sub.add_parser("plugins", help="list plugins, what they provide and load errors")
     plugins.add_argument("--trace", action="store_true", help="trace hook calls (same as BENCH_TRACE_PLUGINS=1)")
     plugins.add_argument(
@@ -235,6 +244,9 @@ def build_parser() -> argparse.ArgumentParser:
     plugins.add_argument("--json", action="store_true", help="print the list (with --details: the description) as JSON")
     plugins.set_defaults(func=cmd_plugins)
 
+
+def _add_report(sub) -> None:
+    """``bench report``."""
     report = sub.add_parser("report", help="rebuild the HTML report from a results store")
     report.add_argument("output_dir", help="output directory holding results.sqlite")
     report.add_argument(
@@ -247,6 +259,9 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     report.set_defaults(func=cmd_report)
 
+
+def _add_doctor(sub) -> None:
+    """``bench doctor``."""
     doctor = sub.add_parser(
         "doctor", help="check an output directory for damaged files; --repair rebuilds what needs no retraining",
         description="Check the results store, checkpoint weights, training states and eval files of an output "
@@ -263,6 +278,9 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     doctor.set_defaults(func=cmd_doctor)
 
+
+def _add_compare(sub) -> None:
+    """``bench compare``."""
     cmp = sub.add_parser("compare", help="compare two runs: A, B, delta and whether it exceeds the seed spread")
     cmp.add_argument("a", help="output dir or results.sqlite of run A; DIR::SUITE picks one suite of a shared store")
     cmp.add_argument("b", help="the same for run B")
@@ -271,12 +289,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     cmp.set_defaults(func=cmd_compare)
 
+
+def _add_export(sub) -> None:
+    """``bench export``."""
     export = sub.add_parser("export", help="export stored results")
     export.add_argument("output_dir", help="output directory holding results.sqlite")
     export.add_argument("--format", required=True, choices=["csv", "json", "parquet", "markdown", "latex"])
     export.add_argument("-o", "--out", help="file to write (default: print text formats, or next to the store)")
     export.set_defaults(func=cmd_export)
 
+
+def _add_score(sub) -> None:
+    """``bench score``."""
     sc = sub.add_parser("score", help="score a folder of predictions against a folder of references")
     sc.add_argument("pred", help="folder of predictions (PNG, .nii, .nii.gz)")
     sc.add_argument("ref", help="folder of references with the same file names")
@@ -289,6 +313,9 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("--json", action="store_true", help="print the result as JSON (with per-file values)")
     sc.set_defaults(func=cmd_score)
 
+
+def _add_data(sub) -> None:
+    """``bench data``."""
     data = sub.add_parser("data", help="dataset tools")
     data_sub = data.add_subparsers(dest="data_command", metavar="ACTION", required=True)
     make = data_sub.add_parser("make", help="write a dataset plugin's embedded data in its real on-disk format")
@@ -306,6 +333,9 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     check.set_defaults(func=cmd_data_check)
 
+
+def _add_convert(sub) -> None:
+    """``bench convert``."""
     convert = sub.add_parser(
         "convert", help="convert a checkpoint saved by a model's original (source) code to our safetensors format",
         description="Read SOURCE_FILE(s) as the model's source code saves them (torch.load with weights_only=True "
@@ -322,7 +352,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="config overrides matching the source's hyper-parameters, values as YAML (e.g. width=12)",
     )  # fmt: skip
     convert.set_defaults(func=cmd_convert)
-    return parser
+
+
+_SUBCOMMANDS = (_add_run, _add_plugins, _add_report, _add_doctor, _add_compare, _add_export, _add_score, _add_data,
+                _add_convert)  # fmt: skip
+"""The subcommands' parsers, in the order ``bench --help`` lists them."""
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
