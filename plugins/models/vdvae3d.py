@@ -79,6 +79,10 @@ _COMMON: dict[str, Any] = {
     "steps": 100_000,
 }
 
+# Seed 001's training augmentations (MONAI + TorchIO, the optional extra medgen-bench[3d]; see
+# source001_augment): off by default, on in suites/flair3d.yaml. Only the source configs have the key.
+_SOURCE_AUGMENT: dict[str, Any] = {"source_augment": False, "source_augment_p": 0.1}
+
 _CONFIG_32: dict[str, Any] = {
     "channels": [20, 40, 60, 80, 100, 120],
     "latents_per_channel": [2, 5, 4, 3, 2, 1],
@@ -88,6 +92,7 @@ _CONFIG_32: dict[str, Any] = {
     # Seed-era run_autoencoder batch sizes (32: 2, 64: 10, 128: 1); HEAD's example JSONs use 64 / 8 / 1.
     "batch_size": 2,
     **_COMMON,
+    **_SOURCE_AUGMENT,
 }
 
 _CONFIG_64: dict[str, Any] = {
@@ -98,6 +103,7 @@ _CONFIG_64: dict[str, Any] = {
     "kernel_sizes_top_down": [3, 3, 3, 3, 3, 2, 1],
     "batch_size": 10,
     **_COMMON,
+    **_SOURCE_AUGMENT,
 }
 
 _CONFIG_128: dict[str, Any] = {
@@ -108,6 +114,7 @@ _CONFIG_128: dict[str, Any] = {
     "kernel_sizes_top_down": [3, 3, 3, 3, 3, 3, 2, 1],
     "batch_size": 1,
     **_COMMON,
+    **_SOURCE_AUGMENT,
 }
 
 _TINY: dict[str, Any] = {
@@ -213,6 +220,7 @@ class VDVAE3D(nn.Module):
         )
         self.head = GaussianHead(lists["channels"][0], self.in_channels)
         self.set_checkpointing(bool(config["checkpointing"]))
+        self._augmenter: Any = None
 
     @classmethod
     def source_spec(cls, sources: Sequence[Any], config: Mapping[str, Any]) -> DataSpec:
@@ -284,6 +292,8 @@ class VDVAE3D(nn.Module):
         dimension of the negative ELBO) and ``l2`` (the weighted regulariser).
         """
         x = self._to_unit(batch[self.modality])
+        if self.config.get("source_augment"):
+            x = self._augment(x)
         t = self.terms(x)
         neg_elbo = (t["nll"] + t["kl"]).mean()
         l2 = self.config["l2_reg_coeff"] * self.l2_penalty()
@@ -295,6 +305,14 @@ class VDVAE3D(nn.Module):
             "bpd": neg_elbo.detach() / (x[0].numel() * math.log(2.0)),
             "l2": l2.detach(),
         }
+
+    def _augment(self, x: Tensor) -> Tensor:
+        """Seed 001's training augmentation of every volume of ``x`` (in ``[-1, 1]``), built on first use."""
+        if self._augmenter is None:
+            from .source001_augment import source001_augment
+
+            self._augmenter = source001_augment(self.size, float(self.config["source_augment_p"]))
+        return torch.stack([self._augmenter(volume) for volume in x])
 
     def stages(self) -> list[TrainingStage]:
         """One stage, ``"vdvae"``: Adamax, per-sub-network clipping, skipping at ``gradient_skipping_value``."""
@@ -434,7 +452,8 @@ def _check_source_config(hyper: Mapping[str, Any], config: Mapping[str, Any], mo
     for key, value in _SOURCE_FIXED.items():
         if key in hyper and hyper[key] != value:
             raise source_error(model, f"the source model has {key}={hyper[key]!r}; vdvae3d implements {value!r} only")
-    if any(hyper.get("latent_feature_maps_per_resolution_weight_sharing") or []):
+    sharing = hyper.get("latent_feature_maps_per_resolution_weight_sharing") or []
+    if (sharing != "none") if isinstance(sharing, str) else any(sharing):
         raise source_error(model, "the source model shares weights within a resolution; vdvae3d does not")
     size = int(hyper["resolution"])
     ours = _per_level(config, size)

@@ -55,6 +55,10 @@ _SEED003 = {
     "batch_size": 16,
     # Not stated in the README: about 28 epochs of its half-sized training split (5 730 slices).
     "steps": 10_000,
+    "description": (
+        "reconstructed from document 003's README, not from its code (never published): layer sizes, loss "
+        "weights and training settings are usual VQ-VAE values, not the source's"
+    ),
 }
 
 _TINY = {
@@ -72,6 +76,7 @@ _TINY = {
     "batch_norm": False,
     "lr": 2e-3,
     "steps": 150,
+    "description": "CPU quickstart size of seed003-hipmri's layout (itself reconstructed from document 003's README)",
 }
 
 
