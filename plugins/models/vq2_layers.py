@@ -223,8 +223,9 @@ class VQVAE2Net(nn.Module):
             "dead_code_restart": config["dead_code_restart"],
             "dead_code_threshold": config["dead_code_threshold"],
         }
-        # Modules are created in the order both sources create theirs (rosinality's VQ-VAE and
-        # seed 002's ResponsiveVQVAE2 agree), so one seed gives the sources' initial weights.
+        # Modules are created in the order each source creates its own, so one seed gives the
+        # source's initial weights: seed 004 builds both quantisers before the top decoder, seed 002
+        # (like rosinality's original) builds the top decoder between them.
         if rosinality:
             self.enc_b = StridedEncoder(in_channels, hidden, *res, down, narrow_first=True)
             self.enc_t = StridedEncoder(hidden, hidden, *res, 1, narrow_first=True)
@@ -233,9 +234,12 @@ class VQVAE2Net(nn.Module):
             self.enc_t = StemFirstBNEncoder(hidden, hidden, *res, 1, drop)
         self.quantize_conv_t = nn.Conv2d(hidden, dim, 1)
         self.quantize_t = VectorQuantizerEMA(dim, config["n_embeddings"], **ema)
-        self.dec_t = Decoder(dim, dim, hidden, *res, 1) if rosinality else BNDecoder(dim, dim, hidden, *res, 1, drop)
+        if not rosinality:
+            self.dec_t = BNDecoder(dim, dim, hidden, *res, 1, drop)
         self.quantize_conv_b = nn.Conv2d(dim + hidden, dim, 1)
         self.quantize_b = VectorQuantizerEMA(dim, config["n_embeddings"], **ema)
+        if rosinality:
+            self.dec_t = Decoder(dim, dim, hidden, *res, 1)
         self.upsample_t = nn.ConvTranspose2d(dim, dim, 4, stride=2, padding=1)
         if rosinality:
             self.dec = Decoder(2 * dim, in_channels, hidden, *res, down)

@@ -382,6 +382,17 @@ def test_seed002_initial_weights_are_the_sources() -> None:
             assert torch.equal(ours, theirs), f"{level} prior {key} differs from the source's initial {name}"
 
 
+def test_seed004_initial_weights_are_the_sources() -> None:
+    """seed 004's train.py: set_seed(1), then VQVAE(...): our module under seed 1 starts from its weights."""
+    init = read_torch_file(ROOT / "vqvae2-seed004" / "train_init.pt")
+    config = merge_config(VQVAE2.configs["seed004-hipmri"], VQ_SEED004_SMALL)
+    source = VQVAE2.from_source([{"model_state_dict": init}], config)
+    torch.manual_seed(1)
+    net = VQVAE2Net(1, config)
+    for key, value in net.state_dict().items():
+        assert torch.equal(value, source[f"net.{key}"]), f"net.{key} differs from the source's initial weights"
+
+
 # -- the converter's contract ---------------------------------------------------------------------
 
 
