@@ -14,6 +14,8 @@ passing through that item, and duplicated items are at distance 0. The distances
 Why not float32 products (2.5 times the float64 rate here)? Their worst-case error, ``d · 2⁻²⁴``
 relative (1e-4 at 2048 dimensions), leaves about 1% of the comparisons with a radius undecided on
 features whose distances concentrate, and deciding those exactly cost more than float32 saved.
+The comparisons themselves (memory-bound passes over each block) read a float32 copy of the
+block, with a margin covering that rounding too (2⁻²⁰ of the block's largest squared norms).
 
 Memory is bounded by ``block``: a query holds a ``block x block`` float64 distance matrix and
 a few of its size (32 MB each at the default 2048) besides the ``(n, d)`` float64 feature
@@ -180,20 +182,31 @@ def prdc_counts(
     density_count = torch.zeros(len(fake), dtype=torch.long)
     in_fake = torch.zeros(len(real), dtype=torch.bool)
     covered = torch.zeros(len(real), dtype=torch.bool)
+    radii = [(r, r.to(torch.float32)) for r in (real_radius2_pr, real_radius2_dc, fake_radius2_pr)]
     for rows in _blocks(len(fake), block):
         for cols in _blocks(len(real), block):
             d2 = _sq_distances(fake[rows], real[cols], fake_sq[rows], real_sq[cols])  # (generated, real)
-            bound = float(_bound(fake_sq[rows].max(), real_sq[cols].max(), real.shape[1]))
-            tests = [(real_radius2_pr[None, cols], False), (real_radius2_dc[None, cols], True),
-                     (fake_radius2_pr[rows, None], False)]  # fmt: skip
-            # Two comparisons per radius give the decision where the rounding cannot flip it, and where it can.
-            decided = [d2 < radius - bound if strict else d2 <= radius - bound for radius, strict in tests]
-            unsure = [(d2 <= radius + bound) & ~sure for (radius, _), sure in zip(tests, decided, strict=True)]
-            pairs = torch.stack(unsure).any(dim=0).nonzero()
+            # Compared in float32 (half the memory traffic of these passes): the margin covers the Gram
+            # rounding and the float32 rounding of d2 and of the radii, all below 2^-22 of their largest value.
+            top = fake_sq[rows].max() + real_sq[cols].max()
+            margin = float(_bound(fake_sq[rows].max(), real_sq[cols].max(), real.shape[1]) + 2.0**-20 * top)
+            d32 = d2.to(torch.float32)
+            tests = [  # (radius in float64, in float32, as broadcast against the block; strict?)
+                (radii[0][0][None, cols], radii[0][1][None, cols], False),
+                (radii[1][0][None, cols], radii[1][1][None, cols], True),
+                (radii[2][0][rows, None], radii[2][1][rows, None], False),
+            ]
+            # Per radius, the decision where no rounding can flip it, and the pairs where one can.
+            decided, unsure = [], torch.zeros_like(d32, dtype=torch.bool)
+            for _, radius, strict in tests:
+                sure = d32 < radius - margin if strict else d32 <= radius - margin
+                unsure |= (d32 <= radius + margin) ^ sure
+                decided.append(sure)
+            pairs = unsure.nonzero()
             if len(pairs):  # near-ties (a copy of a real item lies exactly on the balls through it): exact d2
                 i, j = pairs[:, 0], pairs[:, 1]
                 exact = _exact_sq(fake, i + rows.start, real, j + cols.start)
-                for (radius, strict), sure in zip(tests, decided, strict=True):
+                for (radius, _, strict), sure in zip(tests, decided, strict=True):
                     limit = radius.expand_as(d2)[i, j]
                     sure[i, j] = exact < limit if strict else exact <= limit
             pr, dc, rf = decided

@@ -128,16 +128,13 @@ class TrainingSetMetric(FeatureMetricBase):
             return self._unavailable()
         if not self.train_ids:
             return self._unavailable(NO_TRAIN)
-        if len(self.train_ids) < 2 or self.n_fake < 1:
-            raise BenchError(
-                f"{self.name}: needs at least 2 training items and 1 generated item, got "
-                f"{len(self.train_ids)} and {self.n_fake}"
-            )
+        problem = self._too_few()
+        if problem is not None:  # small splits cost this metric, not the cell's other numbers
+            return self._unavailable(problem)
         settings = self.settings()
         values, per_item, details = [], [], []
         for i in range(self.n_sets):
-            train, test, fake = (np.concatenate(self._sets[s][i]) if self._sets[s][i] else None for s in
-                                 ("train", "test", "fake"))  # fmt: skip
+            train, test, fake = (np.concatenate(kept[i]) if kept[i] else None for kept in self._sets.values())
             check_features(self.name, train=train, generated=fake, **({"test": test} if test is not None else {}))
             t, f = _knn.prepare(torch.from_numpy(train), torch.from_numpy(fake))
             nearest2, nearest_idx = _knn.nearest(f, t, self.chunk_size)
@@ -147,6 +144,15 @@ class TrainingSetMetric(FeatureMetricBase):
             per_item.append(items)
             details.append(extra)
         return self._per_plane(settings, values, details, per_item=per_item)
+
+    def _too_few(self) -> str | None:
+        """Why the items seen are too few for this metric, or None."""
+        if len(self.train_ids) < 2 or self.n_fake < 1:
+            return (
+                f"{self.name}: needs at least 2 training items and 1 generated item, got "
+                f"{len(self.train_ids)} and {self.n_fake}"
+            )
+        return None
 
     @abstractmethod
     def _set_value(
@@ -167,6 +173,7 @@ class TrainingSetMetric(FeatureMetricBase):
 
     def reset(self) -> None:
         """Forget every item: training, test and generated."""
+        # In this order: compute() unpacks the three sides from the values.
         self._sets = {side: [[] for _ in range(self.n_sets)] for side in ("train", "test", "fake")}
         self.train_ids = []
         self._reset_counts()
@@ -360,6 +367,15 @@ class DataCopying(TrainingSetMetric):
         self.percentile = check_percentile(self.name, percentile)
         super().__init__(data_range, dims, features, weights, feature_dims, feature_cache, chunk_size, out_of_range)
 
+    def _too_few(self) -> str | None:
+        """Besides the shared minimum: a training item per cell and some test items."""
+        if len(self.train_ids) < self.cells:
+            n = len(self.train_ids)
+            return f"data-copying: {self.cells} cells need at least {self.cells} training items, got {n}; lower cells"
+        if not self.n_real:
+            return "data-copying: needs test items (the targets of update) besides training items"
+        return super()._too_few()
+
     def _project(self, train: np.ndarray, *others: np.ndarray) -> list[torch.Tensor]:
         """All sets on the training set's first ``pca_dims`` principal axes (unchanged when not wider)."""
         sets = [torch.from_numpy(s).to(torch.float64) for s in (train, *others)]
@@ -373,11 +389,7 @@ class DataCopying(TrainingSetMetric):
 
     def _set_value(self, nearest, nearest_idx, train_nn, feats):
         train, test, fake = feats
-        if test is None:
-            raise BenchError("data-copying: needs test items (the targets of update) besides training items")
-        if len(train) < self.cells:
-            raise BenchError(f"data-copying: {self.cells} cells need at least {self.cells} training items, "
-                             f"got {len(train)}; lower cells")  # fmt: skip
+        assert test is not None  # _too_few: update() gave test items
         t, p, q = self._project(train, test, fake)
         centres = kmeans(t, self.cells, self.seed)
         labels = tuple(torch.cdist(s, centres).argmin(dim=1) for s in (t, p, q))

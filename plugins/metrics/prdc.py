@@ -69,13 +69,16 @@ def check_features(metric: str, **sets: np.ndarray | torch.Tensor) -> None:
         raise BenchError(f"{metric}: feature sets differ in width: {sorted(widths)}")
 
 
-def check_k(metric: str, option: str, k: int, n: int, what: str) -> None:
-    """Raise :class:`BenchError` unless ``1 <= k < n`` (a k-th other item exists in a set of ``n``)."""
-    if n <= k:
-        raise BenchError(
-            f"{metric}: {option}={k} needs more than {k} {what} items, got {n}; evaluate more items "
-            f"(evaluation n_samples / max_items) or lower {option}"
-        )
+def too_few(k_pr: int, k_dc: int, n_real: int, n_fake: int) -> str | None:
+    """Why sets of ``n_real`` and ``n_fake`` items are too small for these ``k`` (a k-th other item), or None."""
+    for option, k, n, what in (("k_pr", k_pr, n_real, "real"), ("k_dc", k_dc, n_real, "real"),
+                               ("k_pr", k_pr, n_fake, "generated")):  # fmt: skip
+        if n <= k:
+            return (
+                f"prdc: {option}={k} needs more than {k} {what} items, got {n}; evaluate more items "
+                f"(evaluation n_samples / max_items) or lower {option}"
+            )
+    return None
 
 
 def prdc(
@@ -90,12 +93,12 @@ def prdc(
     Returns ``{"precision", "recall", "density", "coverage"}`` as floats and, under ``"per_item"``,
     each quantity's per-item values (per generated item for precision and density, per real
     item for recall and coverage). Raises :class:`BenchError` for NaN/Inf features, sets of
-    different widths, or sets too small for their ``k``.
+    different widths, or sets too small for their ``k`` (the plugin reports those unavailable).
     """
     check_features("prdc", real=real, fake=fake)
-    check_k("prdc", "k_pr", k_pr, len(real), "real")
-    check_k("prdc", "k_dc", k_dc, len(real), "real")
-    check_k("prdc", "k_pr", k_pr, len(fake), "generated")
+    problem = too_few(k_pr, k_dc, len(real), len(fake))
+    if problem is not None:
+        raise BenchError(problem)
     r, f = _knn.prepare(torch.as_tensor(real), torch.as_tensor(fake))
     (r_pr, _), (r_dc, _) = _knn.kth_neighbours(r, (k_pr, k_dc), chunk_size)
     ((f_pr, _),) = _knn.kth_neighbours(f, (k_pr,), chunk_size)
@@ -162,6 +165,9 @@ class PRDC(FeatureMetricBase):
         """The F-score of precision and recall, the four quantities as components (per plane in 3D)."""
         if not self.space.available:
             return self._unavailable()
+        problem = too_few(self.k_pr, self.k_dc, self.n_real, self.n_fake)
+        if problem is not None:  # a small test set costs this metric, not the cell's other numbers
+            return self._unavailable(problem)
         per_set = [
             prdc(np.concatenate(r), np.concatenate(f), self.k_pr, self.k_dc, self.chunk_size)
             for r, f in zip(self._real, self._fake, strict=True)

@@ -138,6 +138,15 @@ def test_sets_smaller_than_k_are_refused(real_n, fake_n, k_pr, k_dc, match):
         prdc(real[:real_n], fake, k_pr, k_dc)
 
 
+def test_the_plugin_reports_too_small_sets_unavailable():
+    # A small test split (2 volumes in the quickstart's 3D data) must not fail the cell's other metrics.
+    metric = PRDC(features="pyramid")
+    metric.update(smooth(9, seed=1), smooth(4, seed=2))
+    result = metric.compute()
+    assert math.isnan(result.value) and result.settings["status"] == "unavailable"
+    assert "k_dc=5 needs more than 5 real items, got 4" in result.settings["reason"]
+
+
 def test_bad_features_are_refused():
     real, fake = feature_sets(9, 20, 20, 4)
     broken = real.copy()
