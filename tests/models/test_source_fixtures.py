@@ -452,3 +452,36 @@ def test_bench_convert_writes_loadable_safetensors(tmp_path: Path, capsys: pytes
     bad = tmp_path / "bad.safetensors"
     assert bench_main(["convert", "vqvae2", str(source), str(bad)]) == 2
     assert "enc_b.blocks.0.weight" in capsys.readouterr().err and not bad.exists()
+
+
+def test_suite_load_accepts_a_source_checkpoint(tmp_path: Path) -> None:
+    """`load:` of the source's own checkpoint, recognised by its keys, evaluates through `bench run`."""
+    import sqlite3
+
+    import yaml
+
+    suite = {
+        "name": "load-source",
+        "seeds": [0],
+        "device": "cpu",
+        "models": [
+            {
+                "plugin": "phvae",
+                "config": "mri-ct-nll",
+                "params": PHVAE_SMALL,
+                "load": str(ROOT / "phvae" / "mri-ct-nll" / "checkpoint.pt"),
+            }
+        ],
+        "datasets": [
+            {"plugin": "gold", "root": "embedded", "embedded": {"n": 12, "seed": 0}, "options": {"size": [16, 16]}}
+        ],
+        "metrics": ["psnr"],
+        "evaluation": {"n_samples": 2, "max_items": 4},
+    }
+    path = tmp_path / "suite.yaml"
+    path.write_text(yaml.safe_dump(suite))
+    out = tmp_path / "out"
+    assert bench_main(["run", str(path), "--output", str(out), "--no-progress", "--no-report"]) == 0
+    con = sqlite3.connect(out / "results.sqlite")
+    cells = con.execute("SELECT model, status, reason FROM cells WHERE kind = 'model'").fetchall()
+    assert cells == [("phvae-mri-ct-nll", "done", None)], cells
