@@ -1,4 +1,4 @@
-"""Evaluation: stream the test split through the model, task by task, into metric objects.
+"""Evaluation: stream the test split through the model, task by task, into the metric feeders.
 
 Tasks follow from the model's capabilities and the dataset's modalities: ``recon`` for
 single-modality data, ``A2A``/``B2B`` and ``A2B``/``B2A`` for paired data, and
@@ -12,25 +12,29 @@ Every reconstruction and translation task also stores a diagnostic row,
 ``input_dependence``: the spread of the outputs across test items over the spread of the
 targets (see :class:`Spread`). A model whose outputs barely change with the input (a
 collapsed posterior, a decoder that learnt the mean image) is flagged by it in the tables.
+
+Under torchrun every rank runs the model on its shard of the test split; rank 0 gathers the
+outputs and alone feeds the metrics, draws samples and writes images (:func:`evaluate`).
 """
 
 from __future__ import annotations
 
 import functools
 import inspect
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from bench_core import distributed as ddp
 from bench_core.api import RECONSTRUCT, SAMPLE, TRANSLATE, BenchError, DataSpec
-from bench_core.feeder import Computed
-from bench_core.rows import ResultRow, input_dependence_row, metric_rows, throughput_row
+from bench_core.feeder import MetricFeeder, build_metric
+from bench_core.images import save_grid, save_images, view2d
+from bench_core.rows import ResultRow, input_dependence_row, throughput_row
 from bench_core.timing import ThroughputMeter
 from bench_core.torchutil import autocast, to_device
 
@@ -118,202 +122,240 @@ class EvalOutcome:
     notes: list[str] = field(default_factory=list)
 
 
-def evaluate(
-    model: torch.nn.Module,
-    test: Dataset,
-    spec: DataSpec,
-    tasks: list[Task],
-    metrics: dict[str, tuple[type, dict[str, Any]]],
-    settings: EvalSettings,
-    out_dir: Path,
-    train: Dataset | None = None,
-) -> EvalOutcome:
-    """Run every task over the test split and return the metric rows.
+@dataclass(frozen=True)
+class EvalJob:
+    """What to evaluate: a model (or a baseline) on a dataset split, for some tasks, with some metrics.
 
-    Args:
-        metrics: metric name -> (metric class, options) as resolved from the suite.
-        out_dir: the cell's folder; image folders and grids are written under it.
-        train: the training split, streamed into the sample tasks' metrics that declare
-            ``needs_train`` (memorisation); without it they report themselves unavailable.
+    ``metrics`` maps a metric's name (as the suite writes it) to its class and options. ``train``,
+    the training split, is streamed into the sample tasks' metrics that declare ``needs_train``
+    (memorisation); without it they report themselves unavailable.
     """
+
+    model: torch.nn.Module
+    spec: DataSpec
+    tasks: list[Task]
+    metrics: Mapping[str, tuple[type, Mapping[str, Any]]]
+    test: Dataset
+    train: Dataset | None = None
+
+
+def evaluate(job: EvalJob, settings: EvalSettings, out_dir: Path) -> EvalOutcome:
+    """Run every task of ``job`` over its test split and return the rows; images and grids go under ``out_dir``."""
     outcome = EvalOutcome()
-    lo, hi = spec.value_range
-    model.eval()
-    instances: dict[str, dict[str, Any]] = {}
-    for task in tasks:
-        instances[task.name] = {}
-        for name, (cls, options) in metrics.items():
-            if spec.dims not in cls.dims:
-                outcome.notes.append(
-                    f"metric {name} skipped: it supports dims {sorted(cls.dims)}, data is {spec.dims}D"
-                )
-                continue
-            if task.kind == SAMPLE and cls.kind == "paired":
-                continue  # samples have no ground-truth partner
-            if task.kind != SAMPLE and getattr(cls, "needs_train", False):
-                continue  # compares samples with the training set: sample tasks only
-            instances[task.name][name] = cls(data_range=1.0, dims=spec.dims, **options)
-    state = {t.name: _TaskState(t, settings.device) for t in tasks}
-    if settings.model_temperature is not None and not takes_temperature(model):
+    job.model.eval()
+    lo, hi = job.spec.value_range
+    unit = functools.partial(to_unit, lo=lo, hi=hi)
+    states = [_TaskState(t, _task_feeder(job, t, outcome.notes), unit, settings.device) for t in job.tasks]
+    if settings.model_temperature is not None and not takes_temperature(job.model):
         outcome.notes.append(
             f"the model's reconstruct/translate take no temperature: t={settings.model_temperature:g} "
             "applies to sampling only"
         )
-    n_items = len(test) if settings.max_items is None else min(len(test), settings.max_items)  # type: ignore[arg-type]
+    n_items = len(job.test) if settings.max_items is None else min(len(job.test), settings.max_items)  # type: ignore[arg-type]
     if n_items == 0:
         raise BenchError("the test split is empty: nothing to evaluate")
-    sampler_gen = torch.Generator(device="cpu").manual_seed(settings.seed)
-    main = ddp.is_main()
+    run = _Pass(job, settings, out_dir, states, _Caller(job.model, settings))
     with torch.no_grad():
-        for local in _shard_batches(test, n_items, settings):
-            # Each rank runs reconstructions and translations on its shard; rank 0 gathers them.
-            outputs: dict[str, torch.Tensor] = {}
-            if local is not None:
-                local = to_device(local, settings.device)
-                for task in tasks:
-                    if task.kind != SAMPLE:
-                        meter = state[task.name].meter
-                        with meter.measure(len(local["id"])), autocast(settings.device, settings.precision):
-                            outputs[task.name] = _run_task(model, task, local, 0, settings, sampler_gen)
-            batch, preds = _gather(local, outputs, settings.device)
-            if not main or batch is None:
-                continue
-            ids = list(batch["id"])
-            for task in tasks:
-                st = state[task.name]
-                if task.kind == SAMPLE:
-                    # Samples are drawn against test images one for one, at most n_samples in all.
-                    n = min(len(ids), settings.n_samples - st.items)
-                    if n <= 0:
-                        continue
-                    with st.meter.measure(n), autocast(settings.device, settings.precision):
-                        pred = _run_task(model, task, batch, n, settings, sampler_gen)
-                else:
-                    n, pred = len(ids), preds[task.name]
-                st.items += n
-                pred = pred.float()
-                if not torch.isfinite(pred).all():
-                    raise BenchError(f"task {task.name}: the model produced NaN or Inf values")
-                target = batch[task.target][:n].float()
-                if pred.shape != target.shape:
-                    raise BenchError(
-                        f"task {task.name}: model output shape {tuple(pred.shape)} differs from the "
-                        f"target's {tuple(target.shape)}"
-                    )
-                pred01 = (pred - lo) / (hi - lo)
-                st.clamped += int(((pred01 < 0) | (pred01 > 1)).sum())
-                st.values_total += pred01.numel()
-                pred01 = pred01.clamp(0, 1)
-                target01 = _unit(target, lo, hi)
-                for name, metric in instances[task.name].items():
-                    values = metric.update(pred01, target01)
-                    if values is not None:
-                        per = st.per_file.setdefault(name, {})
-                        per.update(zip(ids[:n], (float(v) for v in values.detach().cpu()), strict=True))
-                if task.kind != SAMPLE:
-                    st.pred_spread.update(pred01)
-                    st.target_spread.update(target01)
-                st.keep_grid(pred01, target01, batch, settings.grid_size, spec, lo, hi)
-                if settings.save_images:
-                    if task.kind == SAMPLE:  # samples have no input to be named after: number them
-                        _save_images(out_dir / task.name, ids[:n], pred01, prefix="sample_", start=st.items - n)
-                    else:
-                        _save_images(out_dir / task.name, ids, pred01)
-            if settings.save_images:
-                for modality in spec.modalities:
-                    folder = f"gt{modality}" if spec.paired else "gt"
-                    _save_images(out_dir / folder, ids, _unit(batch[modality].float(), lo, hi))
-    if not main:
+        for local in _shard_batches(job.test, n_items, settings):
+            batch, preds = _gather(*_local_outputs(run, local), settings.device)
+            if ddp.is_main() and batch is not None:
+                _feed_batch(run, batch, preds)
+    if not ddp.is_main():
         return outcome
-    _feed_training_items(train, spec, tasks, instances, settings)
-    for task in tasks:
-        st = state[task.name]
-        counters = {"pred_clamped": st.clamped, "pred_values": st.values_total}
-        for name, metric in instances[task.name].items():
-            result = Computed(name, metrics[name][0], metric.compute(), st.per_file.get(name))
-            outcome.rows += metric_rows(task.name, result, counters)
-            if result.per_item is not None:
-                outcome.per_file.setdefault(task.name, {})[name] = {
-                    "mean": result.value.value, "std": result.value.std, "n": result.value.n,
-                    "per_file": result.per_item,
-                }  # fmt: skip
-        if task.kind != SAMPLE:
-            spread = (st.pred_spread.compute(), st.target_spread.compute())
-            outcome.rows.append(input_dependence_row(task.name, *spread, st.pred_spread.n))
-        if st.meter.per_second is not None:
-            timing = {"batch_size": settings.batch_size, "device": str(settings.device),
-                      "precision": settings.precision, "protocol": f"model calls per batch: {st.meter.protocol}"}
-            outcome.rows.append(throughput_row(task.name, "images_per_s", st.meter.per_second, st.meter.items, timing))
-        if settings.save_images and st.grid_rows:
-            path = out_dir / f"{task.name}_grid.png"
-            _save_grid(path, st.grid_rows)
-            outcome.grids[task.name] = path.name
+    _feed_training_items(job, states, settings)
+    for state in states:
+        _task_results(state, settings, out_dir, outcome)
     return outcome
 
 
+def to_unit(x: torch.Tensor, lo: float, hi: float) -> torch.Tensor:
+    """The data range ``[lo, hi]`` mapped to ``[0, 1]`` and clamped."""
+    return ((x - lo) / (hi - lo)).clamp(0, 1)
+
+
+class _Caller:
+    """Calls a task's capability method: the suite's temperature when the model takes one, seeded samples."""
+
+    def __init__(self, model: torch.nn.Module, settings: EvalSettings) -> None:
+        t = settings.model_temperature
+        self.model = model
+        self.kwargs = {"temperature": t} if t is not None and takes_temperature(model) else {}
+        self.sample_temperature = settings.temperature if t is None else t
+        self.generator = torch.Generator(device="cpu").manual_seed(settings.seed)
+
+    def __call__(self, task: Task, batch: dict[str, Any], n: int) -> torch.Tensor:
+        if task.kind == RECONSTRUCT:
+            return self.model.reconstruct(batch[task.source], task.source, **self.kwargs)
+        if task.kind == TRANSLATE:
+            return self.model.translate(batch[task.source], task.source, task.target, **self.kwargs)
+        return self.model.sample(n, temperature=self.sample_temperature, generator=self.generator)
+
+
 class _TaskState:
-    def __init__(self, task: Task, device: torch.device):
-        self.task = task
-        self.per_file: dict[str, dict[str, float]] = {}
+    """One task's feeder, timing, counters, spreads and grid during a pass."""
+
+    def __init__(self, task: Task, feeder: MetricFeeder, unit: Callable, device: torch.device) -> None:
+        self.task, self.feeder, self.unit = task, feeder, unit
         self.meter = ThroughputMeter(device, skip_first=1)  # the first batch pays for warm-up
         self.items = 0
         self.clamped = 0
         self.values_total = 0
         self.pred_spread, self.target_spread = Spread(), Spread()
         self.grid_rows: list[list[torch.Tensor]] = []  # columns of (gt, pred, |err|) or (source, sample)
-        self._grid_count = 0
 
-    def keep_grid(self, pred01, target01, batch, size: int, spec: DataSpec, lo: float, hi: float) -> None:
-        take = min(size - self._grid_count, pred01.shape[0])
-        if take <= 0:
-            return
-        for i in range(take):
+    def keep_grid(self, pred01: torch.Tensor, target01: torch.Tensor, batch: dict[str, Any], size: int) -> None:
+        """Keep the first ``size`` items of the pass as grid columns."""
+        take = min(size - len(self.grid_rows), pred01.shape[0])
+        for i in range(max(take, 0)):
             if self.task.kind == SAMPLE:
-                column = [_view2d(pred01[i])]
+                column = [view2d(pred01[i])]
             else:
-                source = _unit(batch[self.task.source][i].float(), lo, hi)
-                column = [_view2d(source)] if self.task.source != self.task.target else []
-                column += [_view2d(target01[i]), _view2d(pred01[i]), _view2d((pred01[i] - target01[i]).abs())]
+                source = self.unit(batch[self.task.source][i].float())
+                column = [view2d(source)] if self.task.source != self.task.target else []
+                column += [view2d(target01[i]), view2d(pred01[i]), view2d((pred01[i] - target01[i]).abs())]
             self.grid_rows.append([c.cpu() for c in column])
-        self._grid_count += take
 
 
-def _feed_training_items(
-    train: Dataset | None,
-    spec: DataSpec,
-    tasks: list[Task],
-    instances: dict[str, dict[str, Any]],
-    settings: EvalSettings,
-) -> None:
+@dataclass
+class _Pass:
+    """One evaluation pass over the test split: the job, its settings and the state of each task."""
+
+    job: EvalJob
+    settings: EvalSettings
+    out_dir: Path
+    states: list[_TaskState]
+    call: _Caller
+
+
+def _task_feeder(job: EvalJob, task: Task, notes: list[str]) -> MetricFeeder:
+    """Fresh instances of the metrics that apply to ``task`` (a note for each skipped for its dims)."""
+    chosen = {}
+    for name, (cls, options) in job.metrics.items():
+        if job.spec.dims not in cls.dims:
+            notes.append(f"metric {name} skipped: it supports dims {sorted(cls.dims)}, data is {job.spec.dims}D")
+            continue
+        if task.kind == SAMPLE and cls.kind == "paired":
+            continue  # samples have no ground-truth partner
+        if task.kind != SAMPLE and getattr(cls, "needs_train", False):
+            continue  # compares samples with the training set: sample tasks only
+        chosen[name] = (cls, build_metric(cls, options, job.spec.dims))
+    return MetricFeeder(chosen)
+
+
+def _local_outputs(run: _Pass, local: dict[str, Any] | None) -> tuple[dict[str, Any] | None, dict[str, torch.Tensor]]:
+    """This rank's batch on the device and the outputs of its reconstruction and translation tasks."""
+    if local is None:
+        return None, {}
+    settings = run.settings
+    local = to_device(local, settings.device)
+    outputs = {}
+    for state in run.states:
+        if state.task.kind != SAMPLE:
+            with state.meter.measure(len(local["id"])), autocast(settings.device, settings.precision):
+                outputs[state.task.name] = run.call(state.task, local, 0)
+    return local, outputs
+
+
+def _feed_batch(run: _Pass, batch: dict[str, Any], preds: dict[str, torch.Tensor]) -> None:
+    """Rank 0: feed one gathered batch to every task (samples drawn here), then save its ground truth."""
+    settings, ids = run.settings, list(batch["id"])
+    for state in run.states:
+        if state.task.kind != SAMPLE:
+            _feed_task(run, state, batch, preds[state.task.name], ids)
+            continue
+        # Samples are drawn against test images one for one, at most n_samples in all.
+        n = min(len(ids), settings.n_samples - state.items)
+        if n > 0:
+            with state.meter.measure(n), autocast(settings.device, settings.precision):
+                pred = run.call(state.task, batch, n)
+            _feed_task(run, state, batch, pred, ids[:n])
+    if settings.save_images:
+        spec = run.job.spec
+        for modality in spec.modalities:
+            folder = f"gt{modality}" if spec.paired else "gt"
+            save_images(run.out_dir / folder, ids, to_unit(batch[modality].float(), *spec.value_range))
+
+
+def _feed_task(run: _Pass, state: _TaskState, batch: dict[str, Any], pred: torch.Tensor, ids: list[str]) -> None:
+    """Check a task's predictions of ``ids``, map them to ``[0, 1]`` (counting clamps) and feed them."""
+    task, n = state.task, len(ids)
+    state.items += n
+    pred = pred.float()
+    if not torch.isfinite(pred).all():
+        raise BenchError(f"task {task.name}: the model produced NaN or Inf values")
+    target = batch[task.target][:n].float()
+    if pred.shape != target.shape:
+        raise BenchError(
+            f"task {task.name}: model output shape {tuple(pred.shape)} differs from the target's {tuple(target.shape)}"
+        )
+    lo, hi = run.job.spec.value_range
+    pred01 = (pred - lo) / (hi - lo)
+    state.clamped += int(((pred01 < 0) | (pred01 > 1)).sum())
+    state.values_total += pred01.numel()
+    pred01, target01 = pred01.clamp(0, 1), state.unit(target)
+    state.feeder.update(pred01, target01, ids)
+    if task.kind != SAMPLE:
+        state.pred_spread.update(pred01)
+        state.target_spread.update(target01)
+    state.keep_grid(pred01, target01, batch, run.settings.grid_size)
+    if run.settings.save_images:
+        numbered = {"prefix": "sample_", "start": state.items - n} if task.kind == SAMPLE else {}
+        save_images(run.out_dir / task.name, ids, pred01, **numbered)  # samples have no input to be named after
+
+
+def _feed_training_items(job: EvalJob, states: list[_TaskState], settings: EvalSettings) -> None:
     """Stream the training split's target images into the sample metrics that declare ``needs_train``.
 
     Images are mapped to ``[0, 1]`` like the targets and passed with their ids to ``update_train``.
     Rank 0 alone runs it, after the test pass, so no other rank waits on it in a collective; the
     split is not read when no metric asks.
     """
-    takers = [(task, metric) for task in tasks if task.kind == SAMPLE
-              for metric in instances[task.name].values() if getattr(metric, "needs_train", False)]  # fmt: skip
-    if train is None or not takers:
+    takers = [s for s in states if s.task.kind == SAMPLE and s.feeder.needs_train]
+    if job.train is None or not takers:
         return
-    lo, hi = spec.value_range
     with torch.no_grad():
-        for batch in _loader(train, settings):
+        for batch in _loader(job.train, settings):
             batch = to_device(batch, settings.device)
-            for task, metric in takers:
-                metric.update_train(_unit(batch[task.target].float(), lo, hi), list(batch["id"]))
+            for state in takers:
+                state.feeder.update_train(state.unit(batch[state.task.target].float()), batch["id"])
 
 
-def validation_score(
-    model: torch.nn.Module, data: Dataset, spec: DataSpec, task: Task, metric: Any, settings: EvalSettings
-) -> float:
-    """``metric`` of ``task`` over ``data`` (at most ``settings.max_items`` items): checkpoint selection.
+def _task_results(state: _TaskState, settings: EvalSettings, out_dir: Path, outcome: EvalOutcome) -> None:
+    """A task's rows (metrics, input dependence, throughput), its per-item values and its grid, into ``outcome``."""
+    task = state.task
+    rows, computed = state.feeder.rows(task.name, {"pred_clamped": state.clamped, "pred_values": state.values_total})
+    outcome.rows += rows
+    for result in computed:
+        if result.per_item is not None:
+            value = result.value
+            entry = {"mean": value.value, "std": value.std, "n": value.n, "per_file": result.per_item}
+            outcome.per_file.setdefault(task.name, {})[result.name] = entry
+    if task.kind != SAMPLE:
+        spread = (state.pred_spread.compute(), state.target_spread.compute())
+        outcome.rows.append(input_dependence_row(task.name, *spread, state.pred_spread.n))
+    if state.meter.per_second is not None:
+        timing = {"batch_size": settings.batch_size, "device": str(settings.device),
+                  "precision": settings.precision, "protocol": f"model calls per batch: {state.meter.protocol}"}
+        meter = state.meter
+        outcome.rows.append(throughput_row(task.name, "images_per_s", meter.per_second, meter.items, timing))
+    if settings.save_images and state.grid_rows:
+        path = out_dir / f"{task.name}_grid.png"
+        save_grid(path, state.grid_rows)
+        outcome.grids[task.name] = path.name
 
-    ``metric`` is a fresh metric instance (``data_range=1``); no images are written.
+
+def validation_score(job: EvalJob, settings: EvalSettings) -> float:
+    """The one metric of ``job`` on its one task over ``job.test`` (at most ``settings.max_items`` items).
+
+    Checkpoint selection: a fresh metric instance per call; no images are written.
     """
-    lo, hi = spec.value_range
-    gen = torch.Generator(device="cpu").manual_seed(settings.seed)
+    (task,) = job.tasks
+    ((name, (cls, options)),) = job.metrics.items()
+    feeder = MetricFeeder({name: (cls, build_metric(cls, options, job.spec.dims))})
+    lo, hi = job.spec.value_range
+    call = _Caller(job.model, settings)
     seen = 0
-    for batch in _loader(data, settings):
+    for batch in _loader(job.test, settings):
         if settings.max_items is not None:
             batch = {k: v[: settings.max_items - seen] for k, v in batch.items()}
         n = len(batch["id"])
@@ -322,13 +364,14 @@ def validation_score(
         seen += n
         batch = to_device(batch, settings.device)
         with autocast(settings.device, settings.precision):
-            pred = _run_task(model, task, batch, n, settings, gen).float()
-        metric.update(_unit(pred, lo, hi), _unit(batch[task.target][:n].float(), lo, hi))
+            pred = call(task, batch, n).float()
+        feeder.update(to_unit(pred, lo, hi), to_unit(batch[task.target][:n].float(), lo, hi), batch["id"])
     if seen == 0:
         raise BenchError("validation: the val split is empty; remove `validation:` or give the dataset a val split")
-    value = float(metric.compute().value)
+    (result,) = feeder.compute()
+    value = float(result.value.value)
     if not np.isfinite(value):
-        raise BenchError(f"validation: {task.name} {metric.name} is {value} (the model produced non-finite output?)")
+        raise BenchError(f"validation: {task.name} {cls.name} is {value} (the model produced non-finite output?)")
     return value
 
 
@@ -383,60 +426,3 @@ def _loader(data: Dataset, settings: EvalSettings) -> DataLoader:
         data, batch_size=settings.batch_size, shuffle=False, num_workers=settings.workers,
         pin_memory=settings.device.type == "cuda",
     )  # fmt: skip
-
-
-def _unit(x: torch.Tensor, lo: float, hi: float) -> torch.Tensor:
-    """The data range mapped to ``[0, 1]`` and clamped."""
-    return ((x - lo) / (hi - lo)).clamp(0, 1)
-
-
-def _run_task(model, task: Task, batch, n: int, settings: EvalSettings, gen: torch.Generator) -> torch.Tensor:
-    t = settings.model_temperature
-    kwargs = {"temperature": t} if t is not None and takes_temperature(model) else {}
-    if task.kind == RECONSTRUCT:
-        return model.reconstruct(batch[task.source], task.source, **kwargs)
-    if task.kind == TRANSLATE:
-        return model.translate(batch[task.source], task.source, task.target, **kwargs)
-    return model.sample(n, temperature=settings.temperature if t is None else t, generator=gen)
-
-
-def _view2d(x: torch.Tensor) -> torch.Tensor:
-    """A (C, H, W) image for display: 3D volumes show their three orthogonal centre slices."""
-    if x.dim() == 4:
-        c, d, h, w = x.shape
-        size = max(d, h, w)
-        planes = [x[:, d // 2], x[:, :, h // 2], x[:, :, :, w // 2]]
-        padded = [torch.nn.functional.pad(p, (0, size - p.shape[-1], 0, size - p.shape[-2])) for p in planes]
-        x = torch.cat(padded, dim=-1)
-    if x.shape[0] not in (1, 3):
-        x = x[:1]
-    return x
-
-
-def _to_uint8(x: torch.Tensor) -> np.ndarray:
-    """(C, H, W) in [0, 1] -> (H, W) or (H, W, 3) uint8."""
-    arr = (x.clamp(0, 1) * 255.0 + 0.5).to(torch.uint8).cpu().numpy()
-    return arr[0] if arr.shape[0] == 1 else np.moveaxis(arr, 0, -1)
-
-
-def _save_images(folder: Path, ids: list[str], images01: torch.Tensor, prefix: str = "", start: int = 0) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    for i, item_id in enumerate(ids):
-        name = f"{prefix}{start + i:05d}" if prefix else Path(item_id).name
-        Image.fromarray(_to_uint8(_view2d(images01[i]))).save(folder / f"{name}.png")
-
-
-def _save_grid(path: Path, columns: list[list[torch.Tensor]]) -> None:
-    """Items as columns, rows as (source,) ground truth, prediction, error; 2 px gaps."""
-    rows = max(len(c) for c in columns)
-    channels = max(t.shape[0] for c in columns for t in c)
-    h = max(t.shape[-2] for c in columns for t in c)
-    w = max(t.shape[-1] for c in columns for t in c)
-    gap = 2
-    canvas = torch.ones(channels, rows * (h + gap) - gap, len(columns) * (w + gap) - gap)
-    for j, column in enumerate(columns):
-        for i, tile in enumerate(column):
-            tile = tile.expand(channels, -1, -1)
-            y, x = i * (h + gap), j * (w + gap)
-            canvas[:, y : y + tile.shape[-2], x : x + tile.shape[-1]] = tile
-    Image.fromarray(_to_uint8(canvas)).save(path)

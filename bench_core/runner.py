@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import fnmatch
+import functools
 import json
 import os
 import shutil
@@ -475,7 +476,7 @@ class Runner:
     def _add_validation(self, settings, model, dataset, spec, tasks, device, cell: Cell, ckdir: Path) -> None:
         """Make ``settings`` score the model on the val split and keep the best weights."""
         from bench_core.checkpoints import BEST_WEIGHTS
-        from bench_core.evaluator import EvalSettings, validation_score
+        from bench_core.evaluator import EvalJob, EvalSettings, validation_score
 
         val = self.suite.validation
         assert val is not None
@@ -488,17 +489,13 @@ class Runner:
         metric_cls = self.registry.get("metric", val.metric).cls
         if task.kind == "sample" and metric_cls.kind == "paired":
             raise BenchError(f"validation: {val.metric} compares pairs, and task {task.name} has no targets")
-        data = dataset.split("val")
+        job = EvalJob(model, spec, [task], {val.metric: (metric_cls, val.options)}, dataset.split("val"))
         eval_settings = EvalSettings(
             device=device, precision=self.suite.precision, batch_size=val.batch_size, max_items=val.max_items,
             seed=cell.seed, model_temperature=val.temperature, workers=self.suite.workers,
         )  # fmt: skip
 
-        def score() -> float:
-            metric = metric_cls(data_range=1.0, dims=spec.dims, **val.options)
-            return validation_score(model, data, spec, task, metric, eval_settings)
-
-        settings.validate = score
+        settings.validate = functools.partial(validation_score, job, eval_settings)
         settings.validate_every, settings.validate_every_epochs = val.every_steps, val.every_epochs
         settings.validate_key = f"val_{task.name}_{val.metric}"
         settings.validate_higher_is_better = bool(metric_cls.higher_is_better)
@@ -508,7 +505,7 @@ class Runner:
         """Evaluate every variant of the suite (weights x temperature); the first is the headline."""
         from bench_core import distributed as ddp
         from bench_core.checkpoints import BEST_WEIGHTS, WEIGHTS, load_weights
-        from bench_core.evaluator import evaluate
+        from bench_core.evaluator import EvalJob, evaluate
 
         ev = self.suite.evaluation
         cell_dir = self.output_dir / "cells" / _slug(cell.id)
@@ -528,10 +525,8 @@ class Runner:
                 load_weights(model, weights)
             ddp.broadcast_module(model)
             out_dir = cell_dir if headline else cell_dir / "variants" / variant.label
-            outcome = evaluate(
-                model, dataset.split("test"), spec, tasks, metrics,
-                self._eval_settings(device, cell.seed, variant.temperature), out_dir, train=dataset.split("train"),
-            )  # fmt: skip
+            job = EvalJob(model, spec, tasks, metrics, dataset.split("test"), dataset.split("train"))
+            outcome = evaluate(job, self._eval_settings(device, cell.seed, variant.temperature), out_dir)
             if not main:
                 continue
             suffix = "" if headline else f"@{variant.label}"
@@ -568,7 +563,7 @@ class Runner:
         """Fit a baseline on the training split and score it on the test split like a model."""
         from bench_core import distributed as ddp
         from bench_core.baselines import BASELINES
-        from bench_core.evaluator import evaluate, tasks_for
+        from bench_core.evaluator import EvalJob, evaluate, tasks_for
 
         dataset, spec, _ = self._dataset(cell.dataset)
         baseline = next(cls for cls in BASELINES if cls.name == cell.baseline)()
@@ -576,7 +571,7 @@ class Runner:
         baseline.fit(dataset.split("train"), spec, self.suite.evaluation.batch_size)
         cell_dir = self.output_dir / "cells" / _slug(cell.id)
         settings = self._eval_settings(device, cell.seed)
-        outcome = evaluate(baseline, dataset.split("test"), spec, tasks, self._metrics(), settings, cell_dir)
+        outcome = evaluate(EvalJob(baseline, spec, tasks, self._metrics(), dataset.split("test")), settings, cell_dir)
         if not ddp.is_main():
             return [], {}
         # No timings or diagnostics: a baseline's metric values only.

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from bench_core.api import BenchError, DataError
+from bench_core.feeder import Computed, MetricFeeder, build_metric
 
 PNG_SUFFIXES = (".png",)
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
@@ -127,8 +128,6 @@ def score(
         BenchError: missing or empty folders, unmatched names, unreadable files, shape or
             dims mismatches, values out of range or not finite, unknown metrics.
     """
-    import torch
-
     if batch_size < 1:
         raise BenchError(f"batch_size must be at least 1, got {batch_size}")
     if data_range is not None and not (math.isfinite(data_range) and data_range > 0):
@@ -141,85 +140,98 @@ def score(
     pairs = _match(_list_images(pred_dir, "prediction"), _list_images(ref_dir, "reference"), pred_dir, ref_dir)
     if data_range is None and any(_is_nifti(p.pred) or _is_nifti(p.ref) for p in pairs):
         raise BenchError(NIFTI_RANGE_MESSAGE)
-
-    instances: dict[str, Any] = {}
-    per_file: dict[str, dict[str, float]] = {}
-    mappings: set[str] = set()
-    dims: int | None = None
-    first_dims_file = ""
-    batch: list[tuple[str, np.ndarray, np.ndarray]] = []
-
-    def flush() -> None:
-        if not batch:
-            return
-        pred = torch.from_numpy(np.stack([b[1] for b in batch])).float()
-        ref = torch.from_numpy(np.stack([b[2] for b in batch])).float()
-        ids = [b[0] for b in batch]
-        with torch.no_grad():
-            for name, metric in instances.items():
-                values = metric.update(pred, ref)
-                if values is not None:
-                    per = per_file.setdefault(name, {})
-                    per.update(zip(ids, (float(v) for v in values.detach().cpu()), strict=True))
-        batch.clear()
-
+    stream = _Stream(classes, batch_size)
     for pair in pairs:
-        pred_arr, pred_map, pred_dims = _read01(pair.pred, data_range)
-        ref_arr, ref_map, _ = _read01(pair.ref, data_range)
-        mappings.update((pred_map, ref_map))
-        if pred_arr.shape != ref_arr.shape:
-            raise BenchError(
-                f"{pair.name}: prediction {pair.pred.name} has shape {_shape(pred_arr)}, reference "
-                f"{pair.ref.name} has {_shape(ref_arr)} (channels, *spatial)"
-            )
-        if dims is None:
-            dims, first_dims_file = pred_dims, pair.name
-            instances = _instantiate(classes, dims)
-        elif pred_dims != dims:
-            raise BenchError(
-                f"mixed dims: {pair.name} is {pred_dims}D but {first_dims_file} is {dims}D; score 2D images "
-                "and 3D volumes separately"
-            )
-        if batch and batch[0][1].shape != pred_arr.shape:
-            flush()  # images of another size start a new batch: a batch must stack
-        batch.append((pair.name, pred_arr, ref_arr))
-        if len(batch) >= batch_size:
-            flush()
-    flush()
-
-    assert dims is not None  # _match refuses empty folders
+        stream.add(pair, data_range)
+    stream.flush()
+    assert stream.feeder is not None and stream.dims is not None  # _match refuses empty folders
     provenance = {
         "data_range": data_range if data_range is not None else "dtype maximum (PNG)",
-        "mapping": sorted(mappings),
+        "mapping": sorted(stream.mappings),
         "metric_data_range": 1.0,
         "matching": "by file name without extension (.png, .nii, .nii.gz)",
         "order": "sorted by name",
         "batch_size": batch_size,
         "out_of_range": "error (values are never clamped)",
     }
-    result = ScoreResult(pred_dir, ref_dir, len(pairs), dims, provenance)
-    for name, metric in instances.items():
-        cls = classes[name]
-        whole = metric.compute()
-        for row_name, value in [(name, whole)] + [(f"{name}.{k}", v) for k, v in whole.components.items()]:
-            settings = dict(value.settings)
-            if cls.kind == "paired":
-                settings.setdefault("std", "population (ddof 0) over files")
-            result.metrics[row_name] = MetricScore(
-                name=row_name, kind=str(cls.kind), version=str(cls.version),
-                higher_is_better=bool(cls.higher_is_better), value=float(value.value),
-                std=None if value.std is None else float(value.std), n=int(value.n), settings=settings,
-                per_file=per_file.get(name) if cls.kind == "paired" and row_name == name else None,
-            )  # fmt: skip
+    result = ScoreResult(pred_dir, ref_dir, len(pairs), stream.dims, provenance)
+    for computed in stream.feeder.compute():
+        result.metrics.update(_metric_scores(computed))
     return result
 
 
-def _instantiate(classes: dict[str, type], dims: int) -> dict[str, Any]:
+class _Stream:
+    """Matched files read in order, batched (a batch holds images of one size) and fed to the metrics."""
+
+    def __init__(self, classes: dict[str, type], batch_size: int) -> None:
+        self.classes, self.batch_size = classes, batch_size
+        self.feeder: MetricFeeder | None = None  # built at the first file, whose dims it takes
+        self.dims: int | None = None
+        self.first_dims_file = ""
+        self.mappings: set[str] = set()
+        self.batch: list[tuple[str, np.ndarray, np.ndarray]] = []
+
+    def add(self, pair: _Pair, data_range: float | None) -> None:
+        """Read one pair, check it, and feed the batch when it is full."""
+        pred_arr, pred_map, pred_dims = _read01(pair.pred, data_range)
+        ref_arr, ref_map, _ = _read01(pair.ref, data_range)
+        self.mappings.update((pred_map, ref_map))
+        if pred_arr.shape != ref_arr.shape:
+            raise BenchError(
+                f"{pair.name}: prediction {pair.pred.name} has shape {_shape(pred_arr)}, reference "
+                f"{pair.ref.name} has {_shape(ref_arr)} (channels, *spatial)"
+            )
+        if self.dims is None:
+            self.dims, self.first_dims_file = pred_dims, pair.name
+            self.feeder = MetricFeeder(_instantiate(self.classes, pred_dims))
+        elif pred_dims != self.dims:
+            raise BenchError(
+                f"mixed dims: {pair.name} is {pred_dims}D but {self.first_dims_file} is {self.dims}D; score 2D "
+                "images and 3D volumes separately"
+            )
+        if self.batch and self.batch[0][1].shape != pred_arr.shape:
+            self.flush()  # images of another size start a new batch: a batch must stack
+        self.batch.append((pair.name, pred_arr, ref_arr))
+        if len(self.batch) >= self.batch_size:
+            self.flush()
+
+    def flush(self) -> None:
+        """Feed the pending batch to the metrics."""
+        import torch
+
+        if not self.batch or self.feeder is None:
+            return
+        pred = torch.from_numpy(np.stack([b[1] for b in self.batch])).float()
+        ref = torch.from_numpy(np.stack([b[2] for b in self.batch])).float()
+        with torch.no_grad():
+            self.feeder.update(pred, ref, [b[0] for b in self.batch])
+        self.batch.clear()
+
+
+def _metric_scores(computed: Computed) -> dict[str, MetricScore]:
+    """A computed metric as scores: its headline (with the per-file values of a paired metric) and components."""
+    cls, whole = computed.cls, computed.value
+    scores = {}
+    parts = [(computed.name, whole)] + [(f"{computed.name}.{k}", v) for k, v in whole.components.items()]
+    for row_name, value in parts:
+        settings = dict(value.settings)
+        if cls.kind == "paired":
+            settings.setdefault("std", "population (ddof 0) over files")
+        scores[row_name] = MetricScore(
+            name=row_name, kind=str(cls.kind), version=str(cls.version),
+            higher_is_better=bool(cls.higher_is_better), value=float(value.value),
+            std=None if value.std is None else float(value.std), n=int(value.n), settings=settings,
+            per_file=computed.per_item if cls.kind == "paired" and row_name == computed.name else None,
+        )  # fmt: skip
+    return scores
+
+
+def _instantiate(classes: dict[str, type], dims: int) -> dict[str, tuple[type, Any]]:
     out = {}
     for name, cls in classes.items():
         if dims not in cls.dims:
             raise BenchError(f"metric {name} supports dims {sorted(cls.dims)}; the files are {dims}D")
-        out[name] = cls(data_range=1.0, dims=dims)
+        out[name] = (cls, build_metric(cls, {}, dims))
     return out
 
 
