@@ -43,26 +43,23 @@ _V = 2  # vertical reach: rows i-2 .. i-1 (A) or i-2 .. i (B)
 class ChannelLayerNorm(nn.Module):
     """Layer norm over the channels of each position of a ``(B, C, H, W)`` tensor.
 
-    With ``contiguous=False`` the output stays a channels-last view: for results that only
-    enter an elementwise add, where the layout changes no value and the copy would cost time.
-    A result that feeds a convolution is made contiguous, as the source's is, since the
-    convolution's rounding depends on the layout.
+    The result is a channels-last view (no copy back to the contiguous layout): the priors run
+    channels-last throughout (see :func:`_channels_last`).
     """
 
-    def __init__(self, channels: int, contiguous: bool = True) -> None:
+    def __init__(self, channels: int) -> None:
         super().__init__()
         self.norm = nn.LayerNorm(channels)
-        self.contiguous = contiguous
 
     def forward(self, x: Tensor) -> Tensor:
         """Normalise each position's channel vector."""
-        out = self.norm(x.permute(0, 2, 3, 1).contiguous()).permute(0, 3, 1, 2)
-        return out.contiguous() if self.contiguous else out
+        return self.norm(x.permute(0, 2, 3, 1).contiguous()).permute(0, 3, 1, 2)
 
 
 def _gate(x: Tensor) -> Tensor:
-    half = x.shape[1] // 2
-    return torch.tanh(x[:, :half]) * torch.sigmoid(x[:, half:])
+    # chunk, not two slices: its backward is one concatenation instead of two zero-filled copies.
+    a, b = x.chunk(2, dim=1)
+    return torch.tanh(a) * torch.sigmoid(b)
 
 
 class GatedPixelConv(nn.Module):
@@ -90,7 +87,7 @@ class GatedPixelConv(nn.Module):
         self.cond = nn.Linear(cond_channels, 4 * channels) if cond_channels else None
         self.horiz_out = None if first else nn.Conv2d(channels, channels, 1)
         self.norm_v = ChannelLayerNorm(channels) if norm and not first else None
-        self.norm_h = ChannelLayerNorm(channels, contiguous=False) if norm and not first else None
+        self.norm_h = ChannelLayerNorm(channels) if norm and not first else None
 
     def forward(self, vert: Tensor, horiz: Tensor, cond: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Apply the layer to ``(B, C, H, W)`` stacks (and ``cond`` ``(B, C_cond, H, W)``)."""
@@ -105,8 +102,8 @@ class GatedPixelConv(nn.Module):
             # The linear map of each position's conditioning vector, as a 1x1 convolution with the
             # same weights: channel-first biases without layout copies.
             bias = F.conv2d(cond, self.cond.weight[:, :, None, None], self.cond.bias)
-            split = 2 * self.channels
-            v, h = v + bias[:, :split], h + bias[:, split:]
+            bias_v, bias_h = bias.chunk(2, dim=1)
+            v, h = v + bias_v, h + bias_h
         v, h = _gate(v), _gate(h)
         if self.horiz_out is None:
             return v, h
@@ -153,7 +150,7 @@ class Residual(nn.Module):
         super().__init__()
         self.conv1 = nn.Conv2d(channels, channels, kernel, padding=kernel // 2)
         self.conv2 = nn.Conv2d(channels, channels, kernel, padding=kernel // 2)
-        self.norm = ChannelLayerNorm(channels, contiguous=False)
+        self.norm = ChannelLayerNorm(channels)
 
     def forward(self, x: Tensor) -> Tensor:
         return x + self.norm(self.conv2(F.relu(self.conv1(F.relu(x)))))
@@ -181,7 +178,13 @@ def _run(layers: nn.ModuleList, x: Tensor, cond: Tensor | None = None) -> Tensor
 
 
 def _channels_last(x: Tensor) -> Tensor:
-    """The heads' 1x1 convolutions run faster on channels-last input on the CPU (same logits to ~1e-7)."""
+    """``x`` in channels-last memory layout (a no-op when it already is).
+
+    The priors keep their feature maps channels-last from the embedding on (the embedding's
+    own layout): on the CPU their convolutions run faster so than contiguous, as fast as the
+    former priors. The source computes on contiguous tensors; the layout changes rounding only
+    (logits within 1e-5 of the source's, ``tests/models/test_source_fixtures.py``).
+    """
     return x.contiguous(memory_format=torch.channels_last)
 
 
@@ -211,7 +214,7 @@ class TopPrior(nn.Module):
 
     def forward(self, codes: Tensor) -> Tensor:
         """Logits ``(B, n_codes, H, W)`` of each code given the codes before it in raster order."""
-        x = self.embed(codes).permute(0, 3, 1, 2).contiguous()
+        x = self.embed(codes).permute(0, 3, 1, 2)  # channels-last view, see _channels_last
         return self.head(_channels_last(_run(self.layers, x)))
 
 
@@ -238,12 +241,13 @@ class BottomPrior(nn.Module):
 
     def condition(self, codes_t: Tensor) -> Tensor:
         """Conditioning features ``(B, channels, 2h, 2w)`` of top codes ``(B, h, w)``."""
+        # Contiguous here: the conditioning stack's 3x3 convolutions are faster so (measured).
         return self.cond_stack(self.embed_top(codes_t).permute(0, 3, 1, 2).contiguous())
 
     def logits(self, codes_b: Tensor, cond: Tensor) -> Tensor:
         """Logits of bottom codes ``(B, H, W)`` given conditioning features ``cond`` cropped to ``H`` rows."""
-        x = self.embed(codes_b).permute(0, 3, 1, 2).contiguous()
-        return self.head(_channels_last(_run(self.layers, x, cond)))
+        x = self.embed(codes_b).permute(0, 3, 1, 2)
+        return self.head(_channels_last(_run(self.layers, x, _channels_last(cond))))
 
     def forward(self, codes_b: Tensor, codes_t: Tensor) -> Tensor:
         """Logits ``(B, n_codes, H, W)`` of each bottom code given earlier bottom codes and all top codes."""
