@@ -19,12 +19,15 @@ import os
 import signal
 import subprocess
 import sys
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
 
 from bench_core.provenance import set_by, usable_cores
+
+T = TypeVar("T")
 
 
 def world_size() -> int:
@@ -73,6 +76,14 @@ def broadcast_object(obj: Any) -> Any:
     box = [obj]
     dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+def decide(choose: Callable[[], T]) -> T:
+    """Rank 0's ``choose()`` on every rank: rank 0 decides (claims, which weights exist), the others follow.
+
+    ``choose`` runs on rank 0 only, so it may read what only rank 0 holds (the results store).
+    """
+    return broadcast_object(choose() if is_main() else None)
 
 
 def gather_to_main(obj: Any) -> list[Any] | None:

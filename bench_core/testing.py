@@ -81,44 +81,16 @@ def check_model_plugin(cls: type, config: str | None = None, spec: DataSpec | No
 
     from bench_core.checkpoints import load_weights, save_weights
     from bench_core.torchutil import seed_everything
-    from bench_core.trainer import TrainSettings, run_stage
 
-    _check_common(cls, "model", ("capabilities", "dims", "configs", "default_config"))
-    assert set(cls.capabilities) <= CAPABILITIES, (
-        f"{cls.name}: unknown capabilities {set(cls.capabilities) - CAPABILITIES}"
-    )
-    assert set(cls.dims) <= {2, 3} and cls.dims, f"{cls.name}: dims must be a non-empty subset of {{2, 3}}"
-    assert cls.default_config in cls.configs, f"{cls.name}: default_config {cls.default_config!r} not in configs"
-    config_name = config or cls.default_config
-    assert config_name in cls.configs, f"{cls.name}: no config {config_name!r}"
-    if spec is None:
-        accepted = [s for s in CANDIDATE_SPECS if s.dims in cls.dims and cls.incompatibility(s) is None]
-        assert accepted, f"{cls.name}: accepts none of the conformance specs; pass spec= explicitly"
-        spec = accepted[0]
-    assert cls.incompatibility(spec) is None, f"{cls.name}: refuses the given spec: {cls.incompatibility(spec)}"
-    cfg = dict(cls.configs[config_name])
-
+    cfg, spec = _model_config_and_spec(cls, config, spec)
     seed_everything(0)
     model = cls(cfg, spec)
     seed_everything(0)
     twin = cls(cfg, spec)
     for (k, a), b in zip(model.state_dict().items(), twin.state_dict().values(), strict=True):
         assert torch.equal(a, b), f"{cls.name}: two builds under one seed differ at {k!r}"
-
-    stages = model.stages()
-    assert stages, f"{cls.name}: stages() returned no training stage"
-    names = [s.name for s in stages]
-    assert len(set(names)) == len(names), f"{cls.name}: stage names repeat: {names}"
-    train = _ListDataset(_items(spec, 8, seed=1))
     with tempfile.TemporaryDirectory() as tmp:
-        for i, stage in enumerate(stages):
-            settings = TrainSettings(device=torch.device("cpu"), steps=steps, batch_size=4, progress=False)
-            report = run_stage(model, stage, train, settings, Path(tmp) / f"{i}.pt")
-            assert report.steps == steps, f"{cls.name}: stage {stage.name} ran {report.steps} of {steps} steps"
-            assert report.skipped == 0, f"{cls.name}: stage {stage.name} skipped {report.skipped} updates"
-            losses = [p["loss"] for p in report.curve]
-            assert losses and all(math.isfinite(v) for v in losses), f"{cls.name}: stage {stage.name} losses {losses}"
-
+        _check_stages(model, cls, spec, steps, Path(tmp))
         model.eval()
         batch = _fake_batch(spec, 3, seed=2)
         outputs = _capability_outputs(model, cls, spec, batch)
@@ -133,6 +105,44 @@ def check_model_plugin(cls: type, config: str | None = None, spec: DataSpec | No
         if task == SAMPLE:
             continue  # sampling draws new noise; its shape was checked
         assert torch.allclose(out, again[task], atol=1e-5), f"{cls.name}: {task} differs after a state round trip"
+
+
+def _model_config_and_spec(cls: type, config: str | None, spec: DataSpec | None) -> tuple[dict[str, Any], DataSpec]:
+    """Check a model class's declared attributes; return the config to build and a spec it accepts."""
+    _check_common(cls, "model", ("capabilities", "dims", "configs", "default_config"))
+    assert set(cls.capabilities) <= CAPABILITIES, (
+        f"{cls.name}: unknown capabilities {set(cls.capabilities) - CAPABILITIES}"
+    )
+    assert set(cls.dims) <= {2, 3} and cls.dims, f"{cls.name}: dims must be a non-empty subset of {{2, 3}}"
+    assert cls.default_config in cls.configs, f"{cls.name}: default_config {cls.default_config!r} not in configs"
+    config_name = config or cls.default_config
+    assert config_name in cls.configs, f"{cls.name}: no config {config_name!r}"
+    if spec is None:
+        accepted = [s for s in CANDIDATE_SPECS if s.dims in cls.dims and cls.incompatibility(s) is None]
+        assert accepted, f"{cls.name}: accepts none of the conformance specs; pass spec= explicitly"
+        spec = accepted[0]
+    assert cls.incompatibility(spec) is None, f"{cls.name}: refuses the given spec: {cls.incompatibility(spec)}"
+    return dict(cls.configs[config_name]), spec
+
+
+def _check_stages(model: Any, cls: type, spec: DataSpec, steps: int, tmp: Path) -> None:
+    """Every stage of ``model`` runs ``steps`` steps through the engine's loop, none skipped, losses finite."""
+    import torch
+
+    from bench_core.trainer import TrainSettings, run_stage
+
+    stages = model.stages()
+    assert stages, f"{cls.name}: stages() returned no training stage"
+    names = [s.name for s in stages]
+    assert len(set(names)) == len(names), f"{cls.name}: stage names repeat: {names}"
+    train = _ListDataset(_items(spec, 8, seed=1))
+    for i, stage in enumerate(stages):
+        settings = TrainSettings(device=torch.device("cpu"), steps=steps, batch_size=4, progress=False)
+        report = run_stage(model, stage, train, settings, tmp / f"{i}.pt")
+        assert report.steps == steps, f"{cls.name}: stage {stage.name} ran {report.steps} of {steps} steps"
+        assert report.skipped == 0, f"{cls.name}: stage {stage.name} skipped {report.skipped} updates"
+        losses = [p["loss"] for p in report.curve]
+        assert losses and all(math.isfinite(v) for v in losses), f"{cls.name}: stage {stage.name} losses {losses}"
 
 
 def _capability_outputs(model, cls, spec: DataSpec, batch: dict[str, Any]) -> dict[str, Any]:

@@ -128,14 +128,14 @@ class StageReport:
 class EpochSampler(Sampler[int]):
     """A seeded permutation per epoch that can start mid-epoch, so resume replays exactly.
 
-    With ``world > 1`` each rank takes every ``world``-th index of the same permutation
-    (truncated to a multiple of ``world`` so ranks run the same number of steps), as
-    torch's DistributedSampler does.
+    With ``shard = (rank, world)`` and ``world > 1`` each rank takes every ``world``-th index
+    of the same permutation (truncated to a multiple of ``world`` so ranks run the same number
+    of steps), as torch's DistributedSampler does.
     """
 
-    def __init__(self, n: int, seed: int, epoch: int = 0, start: int = 0, rank: int = 0, world: int = 1):
+    def __init__(self, n: int, seed: int, epoch: int = 0, start: int = 0, shard: tuple[int, int] = (0, 1)):
         self.n, self.seed, self.epoch, self.start = n, seed, epoch, start
-        self.rank, self.world = rank, world
+        self.rank, self.world = shard
 
     def __iter__(self) -> Iterator[int]:
         g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
@@ -192,12 +192,55 @@ def run_stage(
     ``settings.best_path``; validation runs under a forked RNG, so it never changes the
     training trajectory (the last weights are the same with or without it).
     """
-    device = settings.device
+    plan = _plan(stage, settings, len(dataset))  # type: ignore[arg-type]
+    run = _StageRun(model, stage, settings, state_path, plan)
+    run.resume()
+    curve = _Curve(plan.total, run.curve_points)
+    run.train_mode()
+    meter = ThroughputMeter(settings.device, skip_first=1)  # the first update of this process pays for warm-up
+    started = time.perf_counter()
+    show = settings.progress and ddp.is_main()
+    with _progress(show, f"{settings.label} {stage.name}".strip(), plan.total, run.step) as advance:
+        while run.step < plan.total:
+            for group in _micro_batches(run.loader(dataset), plan):
+                items = sum(batch_len(b) for b in group)
+                with meter.measure(items * plan.world):
+                    outcome, values, loss = run.update(group, items)
+                run.count(outcome, loss)
+                if outcome == "applied":
+                    curve.add(run.step, values)
+                advance(values.get("loss", float("nan")))
+                if run.between_updates():
+                    break
+    run.finish()
+    return run.report(meter, started)
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """How a stage runs: items per pass and per update, updates per epoch and in all, ranks."""
+
+    batch_size: int
+    accumulate: int
+    n: int
+    shard: tuple[int, int]  # (rank, world)
+    per_update: int
+    drop_last: bool
+    per_epoch: int
+    total: int
+    validate_every: int | None
+
+    @property
+    def world(self) -> int:
+        return self.shard[1]
+
+
+def _plan(stage: TrainingStage, settings: TrainSettings, n: int) -> _Plan:
+    """The stage's plan from the settings (the suite's budget) and the stage's own defaults."""
     batch_size = settings.batch_size or stage.batch_size
     accumulate = settings.accumulate or stage.accumulate
     if accumulate < 1:
         raise BenchError(f"stage {stage.name!r}: accumulate must be at least 1, got {accumulate}")
-    n = len(dataset)  # type: ignore[arg-type]
     world, rank = ddp.world_size(), ddp.rank()
     if n // world == 0:
         raise BenchError(f"stage {stage.name!r}: the training split is empty (or smaller than {world} ranks)")
@@ -207,218 +250,239 @@ def run_stage(
     drop_last = n_local > per_update
     per_epoch = n_local // per_update if drop_last else 1
     total = settings.steps or (settings.epochs * per_epoch if settings.epochs else stage.default_steps)
-    augment = settings.augment if stage.augment and settings.augment else None
     every = settings.validate_every or (settings.validate_every_epochs or 0) * per_epoch or None
+    return _Plan(batch_size, accumulate, n, (rank, world), per_update, drop_last, per_epoch, total, every)
 
-    frozen = list(stage.frozen() if stage.frozen else [])
-    frozen_grad = [(p, p.requires_grad) for m in frozen for p in m.parameters()]
-    for p, _ in frozen_grad:
-        p.requires_grad_(False)
-    params = [p for p in stage.parameters() if p.requires_grad]
-    if not params:
-        raise BenchError(f"stage {stage.name!r} has no trainable parameters")
-    optimizer = build_optimizer(stage.optimizer, params)
-    scaler = torch.amp.GradScaler(
-        device.type,
-        init_scale=settings.grad_scale_init,
-        growth_interval=settings.grad_scale_growth_interval,
-        enabled=fp16_amp(device, settings.precision),
-    )
-    ema = [p.detach().clone() for p in params] if stage.ema_decay else None
-    aug_gen = torch.Generator().manual_seed(settings.seed * 7919 + 1)
 
-    step, skipped, overflow_skipped, curve_points = 0, 0, 0, []
-    scale_min: float | None = None
-    best: dict[str, Any] = {"score": None, "step": None}
-    saved = load_train_state(state_path)
-    if saved is not None and saved.get("stage") == stage.name:
-        model.load_state_dict(saved["model"])
-        optimizer.load_state_dict(saved["optimizer"])
+def _micro_batches(loader: DataLoader, plan: _Plan) -> Iterator[list[dict[str, Any]]]:
+    """The loader's batches in groups of ``accumulate`` (one group per update)."""
+    group: list[dict[str, Any]] = []
+    for batch in loader:
+        group.append(batch)
+        if len(group) == plan.accumulate:
+            yield group
+            group = []
+    if group and not plan.drop_last:
+        yield group
+
+
+class _StageRun:
+    """One stage in training: optimiser, gradient scaler, EMA, counters and curve; saved and resumed whole."""
+
+    def __init__(
+        self, model: torch.nn.Module, stage: TrainingStage, settings: TrainSettings, state_path: Path, plan: _Plan
+    ) -> None:
+        self.model, self.stage, self.settings, self.state_path, self.plan = model, stage, settings, state_path, plan
+        self.augment = settings.augment if stage.augment and settings.augment else None
+        self.frozen = list(stage.frozen() if stage.frozen else [])
+        self.frozen_grad = [(p, p.requires_grad) for m in self.frozen for p in m.parameters()]
+        for p, _ in self.frozen_grad:
+            p.requires_grad_(False)
+        self.params = [p for p in stage.parameters() if p.requires_grad]
+        if not self.params:
+            raise BenchError(f"stage {stage.name!r} has no trainable parameters")
+        self.optimizer = build_optimizer(stage.optimizer, self.params)
+        self.scaler = torch.amp.GradScaler(
+            settings.device.type,
+            init_scale=settings.grad_scale_init,
+            growth_interval=settings.grad_scale_growth_interval,
+            enabled=fp16_amp(settings.device, settings.precision),
+        )
+        self.ema = [p.detach().clone() for p in self.params] if stage.ema_decay else None
+        self.aug_gen = torch.Generator().manual_seed(settings.seed * 7919 + 1)
+        self.step = self.skipped = self.overflow_skipped = self.consecutive = self.resumed_from = 0
+        self.curve_points: list[dict[str, float]] = []
+        self.scale_min: float | None = None  # the lowest loss scale of the stage (before a resume included)
+        self.best: dict[str, Any] = {"score": None, "step": None}
+
+    def resume(self) -> None:
+        """Continue from the saved state of this stage, if any; else start every rank from rank 0's weights."""
+        saved = load_train_state(self.state_path)
+        if saved is not None and saved.get("stage") == self.stage.name:
+            self._load(saved)
+        else:
+            ddp.broadcast_module(self.model)  # every rank starts from rank 0's initialisation
+            if self.settings.initial_optimizer is not None:
+                _continue_optimizer(self.optimizer, self.settings.initial_optimizer, self.stage.name)
+        self.resumed_from = self.step
+        saved_min = math.inf if self.scale_min is None else self.scale_min
+        self.scale_min = min(self.scaler.get_scale(), saved_min) if self.scaler.is_enabled() else None
+        if self.settings.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.settings.device)
+
+    def _load(self, saved: dict[str, Any]) -> None:
+        self.model.load_state_dict(saved["model"])
+        self.optimizer.load_state_dict(saved["optimizer"])
         # A state saved without a scaler (CPU, or without $BENCH_FORCE_AMP) is empty: start it afresh.
         if saved["scaler"]:
-            scaler.load_state_dict(saved["scaler"])
-        overflow_skipped, scale_min = saved.get("overflow_skipped", 0), saved.get("grad_scale_min")
-        if ema is not None and saved.get("ema") is not None:
-            for e, s in zip(ema, saved["ema"], strict=True):
+            self.scaler.load_state_dict(saved["scaler"])
+        self.overflow_skipped, self.scale_min = saved.get("overflow_skipped", 0), saved.get("grad_scale_min")
+        if self.ema is not None and saved.get("ema") is not None:
+            for e, s in zip(self.ema, saved["ema"], strict=True):
                 e.copy_(s)
-        step, skipped, curve_points = saved["step"], saved["skipped"], saved["curve"]
-        best = saved.get("best", best)
+        self.step, self.skipped, self.curve_points[:] = saved["step"], saved["skipped"], saved["curve"]
+        self.best = saved.get("best", self.best)
         if "augment_rng" in saved:
-            aug_gen.set_state(saved["augment_rng"])
+            self.aug_gen.set_state(saved["augment_rng"])
         set_rng_state(saved["rng"])
-    else:
-        ddp.broadcast_module(model)  # every rank starts from rank 0's initialisation
-        if settings.initial_optimizer is not None:
-            _continue_optimizer(optimizer, settings.initial_optimizer, stage.name)
-    resumed_from = step
-    # The lowest loss scale of the stage, before a resume included; None without a scaler.
-    saved_min = math.inf if scale_min is None else scale_min
-    scale_min = min(scaler.get_scale(), saved_min) if scaler.is_enabled() else None
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
 
-    def checkpoint() -> None:
+    def checkpoint(self) -> None:
+        """Rank 0: save everything a resume needs."""
         if not ddp.is_main():
             return
         save_train_state(
-            state_path,
+            self.state_path,
             {
-                "stage": stage.name, "step": step, "skipped": skipped, "curve": curve_points,
-                "overflow_skipped": overflow_skipped, "grad_scale_min": scale_min,
-                "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
-                "ema": ema, "rng": rng_state(), "augment_rng": aug_gen.get_state(), "best": best,
+                "stage": self.stage.name, "step": self.step, "skipped": self.skipped, "curve": self.curve_points,
+                "overflow_skipped": self.overflow_skipped, "grad_scale_min": self.scale_min,
+                "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scaler": self.scaler.state_dict(), "ema": self.ema, "rng": rng_state(),
+                "augment_rng": self.aug_gen.get_state(), "best": self.best,
             },
         )  # fmt: skip
 
-    def train_mode() -> None:
-        model.train()
-        for m in frozen:
+    def train_mode(self) -> None:
+        """The model in train mode, the stage's frozen modules in eval mode."""
+        self.model.train()
+        for m in self.frozen:
             m.eval()
 
-    def validate() -> None:
+    def validate(self) -> None:
         """Score the current (EMA) weights on rank 0; keep them when they beat the best so far."""
+        settings = self.settings
         if settings.validate is None or not ddp.is_main():
             return
-        with _weights_of(params, ema), torch.random.fork_rng(devices=cuda_devices(device)):
-            model.eval()
+        with _weights_of(self.params, self.ema), torch.random.fork_rng(devices=cuda_devices(settings.device)):
+            self.model.eval()
             with torch.no_grad():
                 value = float(settings.validate())
-            train_mode()
-            curve_points.append({"step": step, settings.validate_key: value})
-            better = best["score"] is None or (value > best["score"]) == settings.validate_higher_is_better
-            if math.isfinite(value) and better and value != best["score"]:
-                best.update(score=value, step=step)
+            self.train_mode()
+            self.curve_points.append({"step": self.step, settings.validate_key: value})
+            best = self.best["score"]
+            better = best is None or (value > best) == settings.validate_higher_is_better
+            if math.isfinite(value) and better and value != best:
+                self.best.update(score=value, step=self.step)
                 assert settings.best_path is not None
-                save_weights(model, settings.best_path.parent, None, name=settings.best_path.name)
+                save_weights(self.model, settings.best_path.parent, None, name=settings.best_path.name)
 
-    def micro_batches(loader: DataLoader) -> Iterator[list[dict[str, Any]]]:
-        group: list[dict[str, Any]] = []
-        for batch in loader:
-            group.append(batch)
-            if len(group) == accumulate:
-                yield group
-                group = []
-        if group and not drop_last:
-            yield group
+    def loader(self, dataset: Dataset) -> DataLoader:
+        """The batches of the current epoch from the current step on (a resume starts mid-epoch)."""
+        plan = self.plan
+        epoch, offset = divmod(self.step, plan.per_epoch)
+        return DataLoader(
+            dataset,
+            batch_size=plan.batch_size,
+            sampler=EpochSampler(plan.n, self.settings.seed, epoch, offset * plan.per_update, plan.shard),
+            drop_last=plan.drop_last,
+            num_workers=self.settings.num_workers,
+            pin_memory=self.settings.device.type == "cuda",
+            persistent_workers=False,
+        )
 
-    def update(group: list[dict[str, Any]], items: int) -> tuple[str, dict[str, float], torch.Tensor]:
+    def update(self, group: list[dict[str, Any]], items: int) -> tuple[str, dict[str, float], torch.Tensor]:
         """One optimiser update from the passes of ``group``: "applied", "skipped" or "overflow"."""
-        optimizer.zero_grad(set_to_none=True)
+        self.optimizer.zero_grad(set_to_none=True)
         values: dict[str, float] = {}
         for batch in group:
-            batch = to_device(batch, device)
-            if augment is not None:
-                batch = augment(batch, aug_gen)
-            with autocast(device, settings.precision):
-                out = stage.loss(batch)
-            loss = out["loss"]
-            if not ddp.all_true(bool(torch.isfinite(loss)), device):  # all ranks take the same branch
+            loss, finite = self._backward(batch, items, values)
+            if not finite:
                 return "skipped", values, loss  # before unscale_: nothing for the scaler to settle
-            # Weighted by the pass's share of the update's items: the gradient of one big batch.
-            share = batch_len(batch) / items
-            scaler.scale(loss * share if accumulate > 1 else loss).backward()
-            for k, v in out.items():
-                if torch.is_tensor(v) and v.numel() == 1:
-                    values[k] = values.get(k, 0.0) + float(v.detach()) * share
-        ddp.average_gradients(params)
-        scaler.unscale_(optimizer)
-        norm = _clip(stage, params)
+        ddp.average_gradients(self.params)
+        self.scaler.unscale_(self.optimizer)
+        norm = _clip(self.stage, self.params)
         finite = bool(torch.isfinite(norm))  # the same on every rank: the gradients were averaged
-        if finite and (stage.skip_threshold is None or float(norm) < stage.skip_threshold):
+        threshold = self.stage.skip_threshold
+        if finite and (threshold is None or float(norm) < threshold):
             outcome = "applied"
-            scaler.step(optimizer)
-        elif not finite and scaler.is_enabled() and scaler.get_scale() > MIN_GRAD_SCALE:
+            self.scaler.step(self.optimizer)
+        elif not finite and self.scaler.is_enabled() and self.scaler.get_scale() > MIN_GRAD_SCALE:
             outcome = "overflow"
         else:
             outcome = "skipped"
         # Applied or not: after unscale_ the scaler must update (backing off on non-finite
         # gradients), or the next unscale_ raises.
-        scaler.update()
-        if outcome == "applied" and ema is not None:
+        self.scaler.update()
+        if outcome == "applied" and self.ema is not None:
             with torch.no_grad():
-                for e, p in zip(ema, params, strict=True):
-                    e.lerp_(p.detach(), 1.0 - stage.ema_decay)
+                for e, p in zip(self.ema, self.params, strict=True):
+                    e.lerp_(p.detach(), 1.0 - self.stage.ema_decay)
         return outcome, values, loss
 
-    curve = _Curve(total, curve_points)
-    train_mode()
-    consecutive = 0
-    meter = ThroughputMeter(device, skip_first=1)  # the first update of this process pays for warm-up
-    started = time.perf_counter()
-    show = settings.progress and ddp.is_main()
-    with _progress(show, f"{settings.label} {stage.name}".strip(), total, step) as advance:
-        while step < total:
-            epoch, offset = divmod(step, per_epoch)
-            loader = DataLoader(
-                dataset,
-                batch_size=batch_size,
-                sampler=EpochSampler(n, settings.seed, epoch, offset * per_update, rank, world),
-                drop_last=drop_last,
-                num_workers=settings.num_workers,
-                pin_memory=device.type == "cuda",
-                persistent_workers=False,
-            )
-            for group in micro_batches(loader):
-                items = sum(batch_len(b) for b in group)
-                with meter.measure(items * world):
-                    outcome, values, loss = update(group, items)
-                if scale_min is not None:
-                    scale_min = min(scale_min, scaler.get_scale())
-                if outcome == "applied":
-                    consecutive = 0
-                else:
-                    optimizer.zero_grad(set_to_none=True)
-                if outcome == "overflow":
-                    overflow_skipped += 1
-                elif outcome == "skipped":
-                    skipped += 1
-                    consecutive += 1
-                    if consecutive > settings.max_consecutive_skips:
-                        scale = f"; loss scale {scaler.get_scale():g}" if scaler.is_enabled() else ""
-                        raise TrainingDiverged(
-                            f"stage {stage.name!r}: loss {float(loss.detach()):.4g} at step {step}; "
-                            f"{consecutive} consecutive updates skipped (non-finite loss or gradient"
-                            f"{' or norm over ' + str(stage.skip_threshold) if stage.skip_threshold else ''}){scale}"
-                        )
-                step += 1
-                if outcome == "applied":
-                    curve.add(step, values)
-                advance(values.get("loss", float("nan")))
-                if every and step % every == 0 and step < total:
-                    validate()
-                if step % settings.checkpoint_every == 0 and step < total:
-                    checkpoint()
-                if step >= total:
-                    break
-    if step > resumed_from or best["score"] is None:
-        validate()
-    checkpoint()
-    ddp.broadcast_module(model)  # buffers (batch-norm statistics) follow rank 0
-    for p, flag in frozen_grad:
-        p.requires_grad_(flag)
-    if ema is not None:
-        with torch.no_grad():
-            for e, p in zip(ema, params, strict=True):
-                p.copy_(e)
-    peak_mb, measure = peak_memory(device)
-    return StageReport(
-        peak_memory_mb=peak_mb,
-        memory_measure=measure,
-        stage=stage.name,
-        steps=step,
-        skipped=skipped,
-        seconds=time.perf_counter() - started,
-        images_per_second=meter.per_second,
-        timing_protocol=meter.protocol,
-        curve=curve_points,
-        resumed_from=resumed_from,
-        best_score=best["score"],
-        best_step=best["step"],
-        overflow_skipped=overflow_skipped,
-        grad_scale=scaler.get_scale() if scaler.is_enabled() else None,
-        grad_scale_min=scale_min,
-        optimizer_state=optimizer.state_dict(),
-    )
+    def _backward(self, batch: dict[str, Any], items: int, values: dict[str, float]) -> tuple[torch.Tensor, bool]:
+        """One forward/backward pass, weighted by its share of the update's items; whether its loss was finite."""
+        settings = self.settings
+        batch = to_device(batch, settings.device)
+        if self.augment is not None:
+            batch = self.augment(batch, self.aug_gen)
+        with autocast(settings.device, settings.precision):
+            out = self.stage.loss(batch)
+        loss = out["loss"]
+        if not ddp.all_true(bool(torch.isfinite(loss)), settings.device):  # all ranks take the same branch
+            return loss, False
+        # Weighted by the pass's share of the update's items: the gradient of one big batch.
+        share = batch_len(batch) / items
+        self.scaler.scale(loss * share if self.plan.accumulate > 1 else loss).backward()
+        for k, v in out.items():
+            if torch.is_tensor(v) and v.numel() == 1:
+                values[k] = values.get(k, 0.0) + float(v.detach()) * share
+        return loss, True
+
+    def count(self, outcome: str, loss: torch.Tensor) -> None:
+        """Count an update (applied, skipped or a scaler overflow); fail after too many consecutive skips."""
+        if self.scale_min is not None:
+            self.scale_min = min(self.scale_min, self.scaler.get_scale())
+        if outcome == "applied":
+            self.consecutive = 0
+        else:
+            self.optimizer.zero_grad(set_to_none=True)
+        if outcome == "overflow":
+            self.overflow_skipped += 1
+        elif outcome == "skipped":
+            self.skipped += 1
+            self.consecutive += 1
+            if self.consecutive > self.settings.max_consecutive_skips:
+                scale = f"; loss scale {self.scaler.get_scale():g}" if self.scaler.is_enabled() else ""
+                threshold = self.stage.skip_threshold
+                raise TrainingDiverged(
+                    f"stage {self.stage.name!r}: loss {float(loss.detach()):.4g} at step {self.step}; "
+                    f"{self.consecutive} consecutive updates skipped (non-finite loss or gradient"
+                    f"{' or norm over ' + str(threshold) if threshold else ''}){scale}"
+                )
+        self.step += 1
+
+    def between_updates(self) -> bool:
+        """Validate and checkpoint when due; whether the stage's budget is spent."""
+        step, total = self.step, self.plan.total
+        if self.plan.validate_every and step % self.plan.validate_every == 0 and step < total:
+            self.validate()
+        if step % self.settings.checkpoint_every == 0 and step < total:
+            self.checkpoint()
+        return step >= total
+
+    def finish(self) -> None:
+        """Validate the final weights, save the state, and leave the model as evaluation should see it."""
+        if self.step > self.resumed_from or self.best["score"] is None:
+            self.validate()
+        self.checkpoint()
+        ddp.broadcast_module(self.model)  # buffers (batch-norm statistics) follow rank 0
+        for p, flag in self.frozen_grad:
+            p.requires_grad_(flag)
+        if self.ema is not None:
+            with torch.no_grad():
+                for e, p in zip(self.ema, self.params, strict=True):
+                    p.copy_(e)
+
+    def report(self, meter: ThroughputMeter, started: float) -> StageReport:
+        """What happened in the stage (time counted from ``started`` up to now)."""
+        peak_mb, measure = peak_memory(self.settings.device)
+        return StageReport(
+            peak_memory_mb=peak_mb, memory_measure=measure, stage=self.stage.name, steps=self.step,
+            skipped=self.skipped, seconds=time.perf_counter() - started, images_per_second=meter.per_second,
+            timing_protocol=meter.protocol, curve=self.curve_points, resumed_from=self.resumed_from,
+            best_score=self.best["score"], best_step=self.best["step"], overflow_skipped=self.overflow_skipped,
+            grad_scale=self.scaler.get_scale() if self.scaler.is_enabled() else None,
+            grad_scale_min=self.scale_min, optimizer_state=self.optimizer.state_dict(),
+        )  # fmt: skip
 
 
 def _continue_optimizer(optimizer: torch.optim.Optimizer, state: dict[str, Any], stage: str) -> None:

@@ -83,43 +83,18 @@ def build_report(
     """
     output_dir = Path(output_dir)
     data = load_results(output_dir, everything=everything)
-    kept = output_dir / BENCHMARKS_NAME
-    if benchmarks is not None:
-        speed = load_benchmarks(benchmarks)  # validate before replacing an earlier copy
-        if Path(benchmarks).resolve() != kept.resolve():
-            write_atomic(kept, Path(benchmarks).read_bytes())
-    else:
-        speed = load_benchmarks(kept) if kept.exists() else None
+    speed = _speed(output_dir, benchmarks)
     tables = build_tables(data.results, data.per_item)
     env = environment()
-    provenance = provenance_context(data)
     cell_pages = _cell_pages(data)
-    common = {"suite": data.suite, "provenance": provenance, "version": engine_version(), "arrow": arrow}
-
-    by_dataset: dict[str, dict[str, Any]] = {}
-    for name in sorted({t.dataset for t in tables} | {c["dataset"] for c in data.cells}):
-        by_dataset[name] = {"tables": [], "problems": []}
-    for t in tables:
-        by_dataset[t.dataset]["tables"].append(t)
-    for c in data.cells:
-        if c["status"] in ("failed", "skipped"):
-            by_dataset[c["dataset"]]["problems"].append(c)
-    links: dict[tuple[str, str], list[tuple[int, str]]] = defaultdict(list)
-    for c in data.cells:
-        if c["cell_key"] in cell_pages:
-            links[(c["model"], c["dataset"])].append((c["seed"], cell_pages[c["cell_key"]]["href"]))
-    summary = {"done": 0, "failed": 0, "skipped": 0, "running": 0}
-    for c in data.cells:
-        summary[c["status"]] = summary.get(c["status"], 0) + 1
+    common = {"suite": data.suite, "provenance": provenance_context(data), "version": engine_version(), "arrow": arrow}
     suite_text = _read(output_dir / "suite.yaml")
     page = env.get_template("index.html").render(
         **common,
+        **_index_context(data, tables, cell_pages),
         root="",
         description=_description(suite_text),
         suite_text=suite_text,
-        summary=summary,
-        datasets=by_dataset,
-        links=links,
         cells=data.cells,
         cell_pages=cell_pages,
         sections=extra_sections or [],
@@ -142,6 +117,37 @@ def build_report(
         write_atomic(output_dir / info["dir"] / "index.html", html, durable=False)
     write_atomic(output_dir / "leaderboard.json", json.dumps(tables_json(tables), indent=1, sort_keys=True))
     return index
+
+
+def _speed(output_dir: Path, benchmarks: Path | None) -> dict[str, Any] | None:
+    """The speed section: from ``benchmarks`` (kept beside the report for later rebuilds), else the kept copy."""
+    kept = output_dir / BENCHMARKS_NAME
+    if benchmarks is None:
+        return load_benchmarks(kept) if kept.exists() else None
+    speed = load_benchmarks(benchmarks)  # validate before replacing an earlier copy
+    if Path(benchmarks).resolve() != kept.resolve():
+        write_atomic(kept, Path(benchmarks).read_bytes())
+    return speed
+
+
+def _index_context(data: StoredResults, tables: list[Table], cell_pages: dict[str, dict]) -> dict[str, Any]:
+    """The index page's tables and problem cells by dataset, links to cell pages, and counts by status."""
+    by_dataset: dict[str, dict[str, Any]] = {}
+    for name in sorted({t.dataset for t in tables} | {c["dataset"] for c in data.cells}):
+        by_dataset[name] = {"tables": [], "problems": []}
+    for t in tables:
+        by_dataset[t.dataset]["tables"].append(t)
+    for c in data.cells:
+        if c["status"] in ("failed", "skipped"):
+            by_dataset[c["dataset"]]["problems"].append(c)
+    links: dict[tuple[str, str], list[tuple[int, str]]] = defaultdict(list)
+    for c in data.cells:
+        if c["cell_key"] in cell_pages:
+            links[(c["model"], c["dataset"])].append((c["seed"], cell_pages[c["cell_key"]]["href"]))
+    summary = {"done": 0, "failed": 0, "skipped": 0, "running": 0}
+    for c in data.cells:
+        summary[c["status"]] = summary.get(c["status"], 0) + 1
+    return {"datasets": by_dataset, "links": links, "summary": summary}
 
 
 def _read(path: Path) -> str:
