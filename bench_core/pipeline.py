@@ -138,7 +138,7 @@ def train(ctx: CellContext) -> None:
     """Load the cell's weights (a suite's ``load:`` file, or the checkpoint store), else train every stage."""
     load = ctx.cell.model.load
     if load is not None:
-        load_weights(ctx.model, load)
+        load_weights(ctx.model, load, ctx.cell.model.load_format)
         ctx.details["weights"] = f"loaded from {load}"
         return
     if (ctx.ckdir / WEIGHTS).exists():
@@ -219,8 +219,9 @@ def evaluate_variants(ctx: CellContext) -> None:
             where = f"weights loaded from {cell.model.load}" if cell.model.load else "no best checkpoint saved"
             ctx.notes.append(f"variant {variant.label} not evaluated: {where}")
             continue
-        if ctx.run.main:
-            load_weights(ctx.model, weights)
+        if ctx.run.main:  # a suite's load: file keeps its declared format; the store's files are ours
+            fmt = cell.model.load_format if cell.model.load is not None and weights == latest else "auto"
+            load_weights(ctx.model, weights, fmt)
         ddp.broadcast_module(ctx.model)  # rank 0 read the weights: the others take them from it
         out_dir = ctx.cell_dir if index == 0 else ctx.cell_dir / "variants" / variant.label
         job = EvalJob(ctx.model, ctx.spec, ctx.tasks, metric_classes(ctx.run), ctx.data.dataset.split("test"),
