@@ -27,7 +27,7 @@ pytestmark = [
 
 def _values(page, table: str, col: int) -> list[float]:
     return page.eval_on_selector_all(
-        f"{table} tbody tr", f"rows => rows.map(r => parseFloat(r.cells[{col}].getAttribute('data-value')))"
+        f"{table} tbody.models tr", f"rows => rows.map(r => parseFloat(r.cells[{col}].getAttribute('data-value')))"
     )
 
 
@@ -59,9 +59,10 @@ def test_report_in_chromium(cli_run, tmp_path):
             boards = page.locator("table.leaderboard")
             assert boards.count() >= 3  # recon, sample, train (+ model) on the toy dataset
             recon = 'table.leaderboard[data-task="recon"]'
-            assert page.locator(f"{recon} tbody tr").count() == 2  # two finished models; failed ones are listed apart
+            assert page.locator(f"{recon} tbody.models tr").count() == 2  # two finished models; failed ones apart
+            assert page.locator(f"{recon} tbody.baselines tr").inner_text().startswith("mean-image")
             assert page.locator(f"{recon} thead th").count() == 4  # model, images_per_s, toy-mae, mean-gap
-            assert "<script>alert(1)</script>" in page.locator(f"{recon} tbody").inner_text()  # shown as text
+            assert "<script>alert(1)</script>" in page.locator(f"{recon} tbody.models").inner_text()  # shown as text
             assert page.locator("table.problems tbody tr").count() == 4  # 2 failed + 2 skipped cells
             assert "toy-3d handles [3]D data" in page.locator("table.problems").inner_text()
 
@@ -74,8 +75,13 @@ def test_report_in_chromium(cli_run, tmp_path):
             desc = _values(page, recon, 2)
             assert desc == sorted(desc, reverse=True) and desc != asc
             page.locator(f"{recon} thead th").first.click()
-            names = page.eval_on_selector_all(f"{recon} tbody tr", "rows => rows.map(r => r.cells[0].dataset.value)")
+            names = page.eval_on_selector_all(
+                f"{recon} tbody.models tr", "rows => rows.map(r => r.cells[0].dataset.value)"
+            )
             assert names == sorted(names)
+            # Sorting never moves the baselines into the ranking: they stay in their own body, last.
+            last = page.eval_on_selector_all(f"{recon} tr", "rows => rows[rows.length - 1].className")
+            assert last == "baseline"
 
             ARTIFACTS.mkdir(exist_ok=True)
             page.locator(f"{recon} thead th", has_text="toy-mae").click()

@@ -3,7 +3,7 @@
   // Click (or Enter on) any header of a .sortable table to sort by that column. Numeric columns
   // sort by each cell's data-value; the first click puts the best first (descending for
   // higher-is-better, ascending for lower-is-better), the next click reverses. Rows without a
-  // value always go last.
+  // value always go last. Only the first body sorts: a leaderboard's baselines stay below it.
   function numberOf(cell) {
     var v = cell.getAttribute("data-value");
     if (v === null || v === "") { return null; }
