@@ -239,7 +239,9 @@ def check_metric_plugin(cls: type, dims: int | None = None, **options: Any) -> N
 
     Checks attributes, that identical inputs score at the optimum side of a perturbed
     pair, that two updates equal one update of the concatenated batch, that ``reset``
-    forgets, that settings are JSON-serialisable, and that the metric pickles.
+    forgets, that settings are JSON-serialisable, and that the metric pickles. A metric
+    that declares ``needs_train`` gets a separate batch of training images through
+    ``update_train`` before it computes, as the engine streams the training split.
     """
     import torch
 
@@ -248,11 +250,21 @@ def check_metric_plugin(cls: type, dims: int | None = None, **options: Any) -> N
     dims = dims or min(cls.dims)
     shape = (32, 32) if dims == 2 else (16, 16, 16)
     spec = DataSpec(("image",), (1,), dims, shape, (0.0, 1.0))
-    x = _fake_batch(spec, 6, seed=3)["image"]
+    n = 12  # more than the k of the k-NN metrics (k + 1 neighbours within a set)
+    x = _fake_batch(spec, n, seed=3)["image"]
     y = (x + 0.1 * torch.sin(torch.arange(x.numel()).view_as(x).float())).clamp(0, 1)
+    train = _fake_batch(spec, n, seed=5)["image"]
+    needs_train = bool(getattr(cls, "needs_train", False))
+    if needs_train:
+        assert callable(getattr(cls, "update_train", None)), f"{cls.name}: needs_train without update_train()"
+
+    def fed(metric):
+        if needs_train:
+            metric.update_train(train, [f"train_{i}" for i in range(n)])
+        return metric
 
     def run(batches):
-        metric = cls(data_range=1.0, dims=dims, **options)
+        metric = fed(cls(data_range=1.0, dims=dims, **options))
         per_item = [metric.update(p, t) for p, t in batches]
         return metric, metric.compute(), per_item
 
@@ -261,20 +273,21 @@ def check_metric_plugin(cls: type, dims: int | None = None, **options: Any) -> N
     assert math.isfinite(whole.value), f"{cls.name}: value {whole.value} is not finite"
     json.dumps(whole.settings)
     json.dumps(metric.settings())
-    _, split, _ = run([(y[:3], x[:3]), (y[3:], x[3:])])
+    half = n // 2
+    _, split, _ = run([(y[:half], x[:half]), (y[half:], x[half:])])
     assert math.isclose(whole.value, split.value, rel_tol=1e-4, abs_tol=1e-6), (
         f"{cls.name}: one update gives {whole.value}, two updates of halves give {split.value}"
     )
     if cls.kind == "paired":
-        assert per_item[0] is not None and tuple(per_item[0].shape) == (6,), (
+        assert per_item[0] is not None and tuple(per_item[0].shape) == (n,), (
             f"{cls.name}: update must return (N,) values"
         )
-        assert whole.n == 6, f"{cls.name}: n is {whole.n} after 6 items"
+        assert whole.n == n, f"{cls.name}: n is {whole.n} after {n} items"
         _, perfect, _ = run([(x, x)])
         better = perfect.value >= whole.value if cls.higher_is_better else perfect.value <= whole.value
         assert better, f"{cls.name}: identical images score {perfect.value}, perturbed {whole.value}"
     metric.reset()
-    metric.update(x, x)
+    fed(metric).update(x, x)
     after_reset = metric.compute()
     _, fresh, _ = run([(x, x)])
     assert math.isclose(after_reset.value, fresh.value, rel_tol=1e-6, abs_tol=1e-9), f"{cls.name}: reset() kept state"

@@ -46,6 +46,8 @@ METRIC_OPTIONS = {
     ("fid", 3): {"weights": "random:0", "feature_dims": 64},
     ("kid", 2): {"weights": "random:0", "feature_dims": 64, "subset_size": 4},
     ("kid", 3): {"weights": "random:0", "feature_dims": 64, "subset_size": 4},
+    **{(name, dims): {"features": "pyramid"} for name in ("prdc", "copies", "authenticity") for dims in (2, 3)},
+    **{("data-copying", dims): {"features": "pyramid", "tau": 0.1} for dims in (2, 3)},
 }
 
 
