@@ -32,7 +32,7 @@ def export(output_dir: Path, fmt: str, out: Path | None = None) -> str:
         return str(out)
     import pandas as pd
 
-    frame = pd.DataFrame([row.as_dict() for row in all_rows(output_dir)])
+    frame = pd.DataFrame(all_rows(output_dir))
     for column in ("settings", "provenance", "counters"):
         if column in frame:
             frame[column] = frame[column].map(lambda v: json.dumps(v, sort_keys=True))

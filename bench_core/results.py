@@ -61,13 +61,25 @@ def load_results(path: str | Path, suite: str | None = None, everything: bool = 
     return data
 
 
-def all_rows(output_dir: Path) -> list[ResultRow]:
-    """Every row of the store in ``output_dir``, of every suite and run (superseded cells included)."""
+def all_rows(output_dir: Path) -> list[dict[str, Any]]:
+    """Every row of the store in ``output_dir``, of every suite and run, as the store's columns.
+
+    Two columns are added: ``current`` (the row's cell is in its suite's latest plan, i.e. what
+    tables show; ``False`` for rows of superseded cells) and ``cell_status`` (its cell's status).
+    """
     store = ResultsStore(output_dir)
     try:
-        return store.results()
+        rows = store.results()
+        status = {c["cell_key"]: c["status"] for c in store.cells()}
+        plans = {suite: store.plan_keys(suite) for suite in {r.suite for r in rows}}
     finally:
         store.close()
+    out = []
+    for row in rows:
+        plan = plans[row.suite]
+        out.append({**row.as_dict(), "current": plan is None or row.cell_key in plan,
+                    "cell_status": status.get(row.cell_key)})  # fmt: skip
+    return out
 
 
 def _read_store(path: Path, suite: str | None) -> tuple[StoredResults, set[str] | None]:

@@ -7,6 +7,7 @@ import sqlite3
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from toy_suites import toy_suite
@@ -128,6 +129,12 @@ def test_edited_suite_supersedes_old_rows_and_metric_edit_reuses_weights(run_ben
     everything = load_results(out, everything=True)
     labels = {r["model"] for r in everything.results}
     assert any(label.startswith("toy-ae (superseded, run ") for label in labels)
+    # Exports keep every row, and say which are the suite's current ones and their cells' status.
+    assert run_bench("export", str(out), "--format", "csv").returncode == 0
+    frame = pd.read_csv(out / "results.csv")
+    old_keys = {c["cell_key"] for c in _cells(out)} - {r.cell_key for r in load_results(out).results}
+    assert set(frame.loc[~frame["current"], "cell_key"]) == old_keys
+    assert (frame["cell_status"] == "done").all()
 
 
 def test_failed_cells_of_an_earlier_edit_are_not_listed(run_bench, write_suite, tmp_path):
