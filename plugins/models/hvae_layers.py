@@ -12,6 +12,12 @@ Efficient-VDVAE, section 6):
 - :class:`Decoder`: a learned starting state, top-down blocks from the coarsest resolution up,
   and an output head: :class:`DmolHead` (discretised logistic mixture) or :class:`MaeHead`.
 
+Activation checkpointing (``checkpointing`` of :class:`Encoder` and :class:`Decoder`, one of
+:data:`CHECKPOINTING`): ``"block"`` keeps only each block's input and recomputes the block's
+activations in the backward pass, ``"resolution"`` does the same for all blocks of one
+resolution at once (fewer tensors kept, a larger recomputed piece), ``"none"`` stores everything.
+It applies in training mode with gradients on; values and gradients are unchanged.
+
 Every standard deviation is ``softplus_beta(raw)`` with ``beta = ln 2`` (Efficient-VDVAE's
 "gradient smoothing"): ``std = 1`` at ``raw = 0``. All images handled here live in ``[-1, 1]``.
 """
@@ -19,11 +25,13 @@ Every standard deviation is ``softplus_beta(raw)`` with ``beta = ln 2`` (Efficie
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from ._common import gaussian_kl, noise
 
@@ -33,6 +41,29 @@ SOFTPLUS_BETA = math.log(2.0)
 _MIN_LOG_SCALE = -7.0  # floor of the DMOL log-scales, as in PixelCNN++ and the source
 _EDGE = 0.999  # targets beyond +-_EDGE fall in the open-ended first / last bin
 _MIN_BIN_PROB = 1e-5  # below this, the bin mass is approximated by density x bin width
+
+CHECKPOINTING = ("none", "block", "resolution")
+"""Activation checkpointing modes: store everything, recompute per block, recompute per resolution."""
+
+
+def check_checkpointing(mode: str) -> str:
+    """``mode`` if it is one of :data:`CHECKPOINTING`, else a ``ValueError`` naming the valid ones."""
+    if mode not in CHECKPOINTING:
+        raise ValueError(f"checkpointing must be one of {', '.join(CHECKPOINTING)}; got {mode!r}")
+    return mode
+
+
+def _recompute(enabled: bool, fn: Callable[..., Any], *args: Any) -> Any:
+    """``fn(*args)``; when ``enabled``, through non-reentrant ``torch.utils.checkpoint``.
+
+    Only the arguments are kept for the backward pass; ``fn`` runs again there to rebuild what
+    its backward needs. Non-reentrant checkpointing saves and restores the global RNG state
+    (CPU and the arguments' CUDA devices), so noise drawn from the global stream inside ``fn``
+    is the same on the recomputation and the gradients equal those of the plain call.
+    """
+    if enabled:
+        return checkpoint(fn, *args, use_reentrant=False)
+    return fn(*args)
 
 
 def softplus_std(raw: Tensor, temperature: float = 1.0) -> Tensor:
@@ -127,11 +158,14 @@ class Encoder(nn.Module):
     """Bottom-up network: 3x3 input convolution, then ``blocks`` residual GELU blocks per resolution.
 
     The last block of every resolution but the coarsest downsamples. ``forward`` returns one
-    activation per resolution: the latest tensor produced at that size.
+    activation per resolution: the latest tensor produced at that size. ``checkpointing``
+    (module docstring) recomputes each block, or each resolution's blocks, in training.
     """
 
     def __init__(self, channels: int, width: int, sizes: Sequence[int], blocks: int, bottleneck: float) -> None:
         super().__init__()
+        self.checkpointing = "none"
+        self.blocks_per_resolution = blocks
         self.stem = nn.Conv2d(channels, width, 3, padding="same")
         n_total = len(sizes) * blocks
         mid = int(width * bottleneck)
@@ -151,10 +185,28 @@ class Encoder(nn.Module):
         """Activations keyed by feature-map size, for ``x`` ``(N, C, H, W)`` in ``[-1, 1]``."""
         x = self.stem(x)
         acts = {x.shape[-1]: x}
+        mode = self.checkpointing if self.training and torch.is_grad_enabled() else "none"
+        if mode == "resolution":
+            per = self.blocks_per_resolution
+            for start in range(0, len(self.blocks), per):
+                outs = _recompute(True, _run_blocks, self.blocks[start : start + per], x)
+                for out in outs:
+                    acts[out.shape[-1]] = out
+                x = outs[-1]
+            return acts
         for block in self.blocks:
-            x = block(x)
+            x = _recompute(mode == "block", block, x)
             acts[x.shape[-1]] = x
         return acts
+
+
+def _run_blocks(blocks: Sequence[nn.Module], x: Tensor) -> tuple[Tensor, ...]:
+    """The output of every block of ``blocks`` applied in turn to ``x``."""
+    outs = []
+    for block in blocks:
+        x = block(x)
+        outs.append(x)
+    return tuple(outs)
 
 
 class Unpool(nn.Module):
@@ -365,7 +417,10 @@ class Decoder(nn.Module):
 
     Starts from a learned ``(1, width, r, r)`` state at the coarsest size ``r``; runs
     ``blocks`` :class:`TopDownBlock` per resolution with an :class:`Unpool` between
-    resolutions; applies a per-channel gain and bias, then the head.
+    resolutions; applies a per-channel gain and bias, then the head. ``checkpointing`` (module
+    docstring) recomputes each top-down block, or each resolution's unpooling and blocks, in
+    training; a call given an explicit ``generator`` is never checkpointed (checkpointing
+    replays the global RNG stream only).
     """
 
     def __init__(
@@ -382,14 +437,18 @@ class Decoder(nn.Module):
         bits: int = 6,
     ) -> None:
         super().__init__()
+        self.checkpointing = "none"
         coarse_to_fine = sorted(sizes)
         n_total = len(sizes) * blocks
         self.start = nn.Parameter(torch.zeros(1, width, coarse_to_fine[0], coarse_to_fine[0]))
         layers: list[nn.Module] = []
+        self._resolution_slices: list[slice] = []  # the layers of each resolution (its Unpool, then its blocks)
         for g, size in enumerate(coarse_to_fine):
+            start = len(layers)
             if g > 0:
                 layers.append(Unpool(width, size))
             layers += [TopDownBlock(size, width, zdim, n_total, bottleneck, translational) for _ in range(blocks)]
+            self._resolution_slices.append(slice(start, len(layers)))
         self.layers = nn.ModuleList(layers)
         self.gain = nn.Parameter(torch.ones(1, width, 1, 1))
         self.bias = nn.Parameter(torch.zeros(1, width, 1, 1))
@@ -415,13 +474,22 @@ class Decoder(nn.Module):
         """Head parameters and the per-group KL maps, decoding encoder activations ``acts``."""
         n = next(iter(acts.values())).shape[0]
         h = self.start.expand(n, -1, -1, -1)
-        kls = []
-        for layer in self.layers:
-            if isinstance(layer, TopDownBlock):
-                h, kl = layer(h, acts[layer.size], translate, temperature, generator)
-                kls.append(kl)
-            else:
-                h = layer(h)
+        kls: list[Tensor] = []
+        on = self.training and torch.is_grad_enabled() and generator is None
+        mode = self.checkpointing if on else "none"
+        if mode == "resolution":
+            for part in self._resolution_slices:
+                layers = self.layers[part]
+                size = layers[-1].size
+                h, *group_kls = _recompute(True, _decode, layers, h, acts[size], translate, temperature, generator)
+                kls += group_kls
+        else:
+            for layer in self.layers:
+                if isinstance(layer, TopDownBlock):
+                    h, kl = _recompute(mode == "block", layer, h, acts[layer.size], translate, temperature, generator)
+                    kls.append(kl)
+                else:
+                    h = layer(h)
         return self.head(h * self.gain + self.bias), kls
 
     def sample(self, n: int, temperature: float = 1.0, generator: torch.Generator | None = None) -> Tensor:
@@ -430,6 +498,26 @@ class Decoder(nn.Module):
         for layer in self.layers:
             h = layer.sample(h, temperature, generator) if isinstance(layer, TopDownBlock) else layer(h)
         return self.head(h * self.gain + self.bias)
+
+
+def _decode(
+    layers: Sequence[nn.Module],
+    h: Tensor,
+    act: Tensor,
+    translate: bool,
+    temperature: float,
+    generator: torch.Generator | None,
+) -> tuple[Tensor, ...]:
+    """Run the layers of one resolution (an optional :class:`Unpool`, then top-down blocks
+    using the encoder activation ``act`` of that size): the new state, then each block's KL map."""
+    kls = []
+    for layer in layers:
+        if isinstance(layer, TopDownBlock):
+            h, kl = layer(h, act, translate, temperature, generator)
+            kls.append(kl)
+        else:
+            h = layer(h)
+    return (h, *kls)
 
 
 class HVAE(nn.Module):
@@ -454,6 +542,10 @@ class HVAE(nn.Module):
         self.channels, self.size = channels, size
         self.encoder = Encoder(channels, width, sizes, blocks, bottleneck)
         self.decoder = Decoder(channels, width, sizes, blocks, zdim, bottleneck, translational, head, mixtures, bits)
+
+    def set_checkpointing(self, mode: str) -> None:
+        """Activation checkpointing of the encoder and the decoder: one of :data:`CHECKPOINTING`."""
+        self.encoder.checkpointing = self.decoder.checkpointing = check_checkpointing(mode)
 
     def recon_term(self, params: Tensor, x: Tensor) -> Tensor:
         """Per-sample reconstruction loss: DMOL NLL (nats/dim) or MAE (``[0, 1]`` units)."""

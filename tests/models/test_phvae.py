@@ -333,3 +333,64 @@ def test_evaluation_metrics_flag_forced_collapse() -> None:
     assert values["collapsed_groups/A"] == values["collapsed_groups/B"] == 3.0
     assert values["posterior_collapse"] == 1.0
     assert values["kl/A"] == pytest.approx(0.0, abs=1e-6)
+
+
+# -- activation checkpointing -----------------------------------------------------------------
+
+
+def _grads_and_loss(mode: str, head: str = "dmol") -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    # Two blocks per resolution, so "resolution" groups several blocks (and an Unpool) per recomputation.
+    model = _model(seed=0, checkpointing=mode, blocks_per_resolution=2, head=head).train()
+    torch.manual_seed(7)  # the latents are drawn from the posteriors (temperature 1) on the global stream
+    out = model.loss(_pairs(2, seed=5))
+    out["loss"].backward()
+    after = torch.randn(3)  # where the global stream stands after forward and backward
+    grads = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+    return grads, {**{k: v.detach() for k, v in out.items()}, "rng_after": after}
+
+
+@pytest.mark.parametrize("head", ["dmol", "mae"])
+def test_checkpointing_leaves_loss_and_gradients_identical(head: str) -> None:
+    plain_grads, plain_out = _grads_and_loss("none", head)
+    assert len(plain_grads) == sum(1 for _ in _model(blocks_per_resolution=2, head=head).parameters())
+    for mode in ("block", "resolution"):
+        grads, out = _grads_and_loss(mode, head)
+        # The recomputed blocks replay the same posterior noise: every value and gradient is bit for bit
+        # the same, and the global RNG stream ends where it ends without checkpointing.
+        assert out.keys() == plain_out.keys()
+        for key, value in plain_out.items():
+            assert torch.equal(out[key], value), (mode, key)
+        assert grads.keys() == plain_grads.keys()
+        different = [name for name, g in plain_grads.items() if not torch.equal(grads[name], g)]
+        assert not different, (mode, different[:5])
+
+
+def test_checkpointing_recomputes_instead_of_storing() -> None:
+    def saved_bytes(mode: str) -> int:
+        model = _model(size=32, seed=0, checkpointing=mode, blocks_per_resolution=2).train()
+        saved: dict[int, int] = {}
+
+        def pack(t: torch.Tensor) -> torch.Tensor:
+            saved[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            model.loss(_pairs(2, size=32))
+        return sum(saved.values())
+
+    plain, block, resolution = (saved_bytes(m) for m in ("none", "block", "resolution"))
+    assert block < plain / 3 and resolution < block
+
+
+def test_checkpointing_option() -> None:
+    assert all(cfg["checkpointing"] == "none" for cfg in PHVAE.configs.values())  # the source's memory use
+    model = _model(checkpointing="block")
+    assert {b.encoder.checkpointing for b in model.branches} == {b.decoder.checkpointing for b in model.branches}
+    assert model.branches[0].decoder.checkpointing == "block"
+    with pytest.raises(BenchError, match="checkpointing must be one of none, block, resolution"):
+        _model(checkpointing=True)
+    # Evaluation and seeded draws (an explicit generator) never go through the checkpoint.
+    x = _pairs(2)["A"]
+    plain = _model(seed=0).eval()
+    assert torch.equal(model.eval().translate(x, "A", "B", temperature=0.0), plain.translate(x, "A", "B"))
+    assert model.evaluation_metrics([_pairs(2)]) == plain.evaluation_metrics([_pairs(2)])
