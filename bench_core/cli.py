@@ -36,6 +36,10 @@ def _without_nproc(argv: list[str]) -> list[str]:
 def cmd_run(args: argparse.Namespace) -> int:
     import os
 
+    if not args.dry_run and "WORLD_SIZE" not in os.environ:
+        settings = _executor_settings(args)
+        if settings is not None:
+            return _run_elsewhere(args, settings)
     if args.nproc > 1 and "WORLD_SIZE" not in os.environ:
         from bench_core.distributed import launch
 
@@ -81,6 +85,56 @@ def cmd_run(args: argparse.Namespace) -> int:
     if summary["failed"]:
         return EXIT_FAILED_CELLS
     return EXIT_LEFT_UNDONE if summary["busy"] else EXIT_OK
+
+
+def _executor_settings(args: argparse.Namespace):
+    """The executor settings of a ``bench run`` whose cells run elsewhere (local processes, Slurm), else None."""
+    from bench_core.api import BenchError
+    from bench_core.suite import load_suite
+
+    if args.executor != "inline":
+        suite = load_suite(args.suite)
+        if args.executor or args.executor_opt or args.detach or suite.executor.kind != "inline":
+            from bench_core.executors import settings_for
+
+            settings = settings_for(suite, args.executor, args.executor_opt)
+            if settings.kind != "inline":
+                if args.nproc > 1:
+                    raise BenchError("--nproc is for inline runs; set the executor's gpus_per_cell or tasks_per_node")
+                return settings
+    if args.detach:
+        raise BenchError("--detach needs cells that run elsewhere: --executor local or slurm")
+    return None
+
+
+def _run_elsewhere(args: argparse.Namespace, settings) -> int:
+    """``bench run --executor local|slurm``: submit the cells not done yet, wait (unless --detach), report."""
+    from bench_core.executors import submit
+
+    outcome = submit(args, settings, log=lambda msg: print(msg, flush=True))
+    if outcome.waited and not args.no_report:
+        from bench_core.report.html import build_report
+
+        path = build_report(outcome.output_dir, _report_sections(_registry(args), outcome.output_dir))
+        print(f"report: {path}")
+    if outcome.waited:
+        print(", ".join(f"{v} {k}" for k, v in outcome.summary.items() if v) or "nothing to do")
+    return outcome.code
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from bench_core.executors import status
+
+    text, failed = status(Path(args.output_dir))
+    print(text)
+    return EXIT_FAILED_CELLS if failed else EXIT_OK
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    from bench_core.executors import cancel
+
+    print(cancel(Path(args.output_dir)))
+    return EXIT_OK
 
 
 def cmd_plugins(args: argparse.Namespace) -> int:
@@ -132,6 +186,9 @@ def cmd_report(args: argparse.Namespace) -> int:
     if not (Path(args.output_dir) / "results.sqlite").exists():
         print(f"error: no results store (results.sqlite) in {args.output_dir}", file=sys.stderr)
         return EXIT_ERROR
+    from bench_core.collect import collect
+
+    collect(Path(args.output_dir))  # rows of jobs that ran elsewhere (bench run --executor local|slurm --detach)
     sections = _report_sections(_registry(args), Path(args.output_dir))
     print(f"report: {build_report(args.output_dir, sections, benchmarks=args.benchmarks, everything=args.all)}")
     return EXIT_OK
@@ -229,7 +286,39 @@ def _add_run(sub) -> None:
         "--nproc", type=int, default=1, metavar="N",
         help="train with N data-parallel processes on this node (launches torchrun; multi-node: see README)",
     )  # fmt: skip
+    run.add_argument(
+        "--executor", choices=["inline", "local", "slurm"],
+        help="where cells run: inline (one after another here; default), local (parallel local processes) or "
+        "slurm (one job-array task per cell, through submitit); default: the suite's executor.kind",
+    )  # fmt: skip
+    run.add_argument(
+        "--executor-opt", action="append", default=[], metavar="KEY=VALUE",
+        help="executor setting over the suite's `executor:` (partition, account, qos, time_min, gpus_per_cell, "
+        "cpus_per_task, mem_gb, max_parallel, ...; values as YAML); repeatable. See docs/cluster.md",
+    )  # fmt: skip
+    run.add_argument(
+        "--detach", action="store_true",
+        help="submit and return at once (local/slurm); `bench status DIR` follows, `bench cancel DIR` cancels",
+    )  # fmt: skip
     run.set_defaults(func=cmd_run)
+
+
+def _add_status(sub) -> None:
+    """``bench status``."""
+    st = sub.add_parser(
+        "status", help="show each cell of an output dir: queued, running, done or failed (merges finished jobs)",
+        description="Merge the results of finished jobs into the store, ask Slurm (squeue) or the local "
+        "processes about the others, and print one line per cell.",
+    )  # fmt: skip
+    st.add_argument("output_dir", type=Path, help="output directory holding results.sqlite")
+    st.set_defaults(func=cmd_status)
+
+
+def _add_cancel(sub) -> None:
+    """``bench cancel``."""
+    cancel = sub.add_parser("cancel", help="cancel the queued and running jobs of an output dir (scancel)")
+    cancel.add_argument("output_dir", type=Path, help="output directory holding results.sqlite")
+    cancel.set_defaults(func=cmd_cancel)
 
 
 def _add_plugins(sub) -> None:
@@ -354,8 +443,8 @@ def _add_convert(sub) -> None:
     convert.set_defaults(func=cmd_convert)
 
 
-_SUBCOMMANDS = (_add_run, _add_plugins, _add_report, _add_doctor, _add_compare, _add_export, _add_score, _add_data,
-                _add_convert)  # fmt: skip
+_SUBCOMMANDS = (_add_run, _add_status, _add_cancel, _add_plugins, _add_report, _add_doctor, _add_compare,
+                _add_export, _add_score, _add_data, _add_convert)  # fmt: skip
 """The subcommands' parsers, in the order ``bench --help`` lists them."""
 
 

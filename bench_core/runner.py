@@ -11,6 +11,7 @@ redone, so an interrupted suite continues where it stopped.
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 import time
 import traceback
@@ -102,7 +103,8 @@ class Runner:
     def _open_store(self, run_id: str, env: dict[str, Any]) -> ResultsStore:
         """Rank 0: the results store with this run started, the suite file beside it, the run-start hook called."""
         self.output_dir.mkdir(parents=True, exist_ok=True)
-        store = ResultsStore(self.output_dir)
+        # A job of `bench run --executor local|slurm` writes a store of its own (bench_core.executors).
+        store = ResultsStore(os.environ.get("BENCH_STORE_FILE") or self.output_dir)
         store.start_run(run_id, self.suite.name, self.suite.source_hash, self.argv, env)
         source = self.suite.source_path
         write_atomic(self.output_dir / "suite.yaml", source.read_text() if source else "")

@@ -194,6 +194,38 @@ class Validation(_Strict):
         return self
 
 
+class Executor(_Strict):
+    """Where the cells run (``bench run --executor`` and ``--executor-opt`` override it; docs/cluster.md).
+
+    ``inline``: one after another in the ``bench run`` process. ``local``: parallel local processes
+    (submitit's local executor), ``max_parallel`` at a time. ``slurm``: one Slurm job-array task per
+    cell (submitit), with the allocation described by the other keys.
+    """
+
+    kind: Literal["inline", "local", "slurm"] = "inline"
+    partition: str | None = None
+    account: str | None = None
+    qos: str | None = None
+    time_min: StrictInt = Field(default=240, gt=0)
+    nodes: StrictInt = Field(default=1, gt=0)
+    gpus_per_cell: StrictInt = Field(default=0, ge=0)
+    tasks_per_node: StrictInt | None = Field(default=None, gt=0)
+    cpus_per_task: StrictInt | None = Field(default=None, gt=0)
+    mem_gb: StrictInt | StrictFloat | None = Field(default=None, gt=0)
+    max_parallel: StrictInt | None = Field(default=None, gt=0)
+    max_retries: StrictInt = Field(default=1, ge=0)
+    max_timeouts: StrictInt = Field(default=3, ge=0)
+    setup: list[str] = Field(default_factory=list)
+    sbatch: dict[str, StrictInt | str] = Field(default_factory=dict)
+    poll_s: StrictInt | StrictFloat = Field(default=5, gt=0)
+
+    @model_validator(mode="after")
+    def _gpus_split_over_nodes(self) -> Executor:
+        if self.gpus_per_cell % self.nodes:
+            raise ValueError(f"gpus_per_cell ({self.gpus_per_cell}) must be a multiple of nodes ({self.nodes})")
+        return self
+
+
 class Suite(_Strict):
     """A benchmark suite: models x datasets x seeds, metrics and run settings."""
 
@@ -214,6 +246,7 @@ class Suite(_Strict):
     include: list[str] = Field(default_factory=list)
     exclude: list[str] = Field(default_factory=list)
     requires: list[str] = Field(default_factory=list)
+    executor: Executor = Field(default_factory=Executor)
 
     # Filled by load_suite, not by the YAML.
     source_path: Path | None = Field(default=None, exclude=True)
