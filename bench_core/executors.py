@@ -330,7 +330,7 @@ def _submit_jobs(settings: Executor, output_dir: Path, jobs: list[CellJob]) -> l
         executor: Any = submitit.SlurmExecutor(folder=folder, max_num_timeout=settings.max_timeouts)
         executor.update_parameters(**_sbatch_parameters(settings, jobs[0].suite_name))
     else:
-        executor = _SessionLocalExecutor(folder=folder, max_num_timeout=settings.max_timeouts)
+        executor = _session_local_executor(folder=folder, max_num_timeout=settings.max_timeouts)
         gpus = settings.gpus_per_cell * _max_parallel(settings) if settings.gpus_per_cell == 1 else 0
         executor.update_parameters(timeout_min=settings.time_min, tasks_per_node=_ranks_per_node(settings),
                                    gpus_per_node=gpus or settings.gpus_per_cell, setup=settings.setup)  # fmt: skip
@@ -362,24 +362,23 @@ def _sbatch_parameters(settings: Executor, suite_name: str) -> dict[str, Any]:
     return {k: v for k, v in params.items() if v is not None}
 
 
-def _local_executor_class() -> type:
+def _session_local_executor(**kwargs: Any) -> Any:
+    """submitit's local executor, its job controllers in sessions of their own.
+
+    So Ctrl-C in the terminal of ``bench run`` (which signals the whole foreground process group)
+    and the terminal closing leave the cells running, as they would on Slurm.
+    """
     from submitit.local import local
 
     class SessionLocalExecutor(local.LocalExecutor):
-        """submitit's local executor, its job controllers in sessions of their own.
-
-        So Ctrl-C in the terminal of ``bench run`` (which signals the whole foreground process
-        group) and the terminal closing leave the cells running, as they would on Slurm.
-        """
-
         def _submit_command(self, command: str) -> Any:
             popen = local.subprocess.Popen
             log = self.folder / "controllers.log"  # not the terminal (or pipe) of `bench run`, which may go away
 
-            def detached(*args: Any, **kwargs: Any) -> Any:
+            def detached(*args: Any, **kw: Any) -> Any:
                 with open(log, "ab") as out:
                     return popen(*args, start_new_session=True, stdin=subprocess.DEVNULL, stdout=out,
-                                 stderr=subprocess.STDOUT, **kwargs)  # fmt: skip
+                                 stderr=subprocess.STDOUT, **kw)  # fmt: skip
 
             local.subprocess = _ModuleWith(local.subprocess, Popen=detached)
             try:
@@ -387,7 +386,7 @@ def _local_executor_class() -> type:
             finally:
                 local.subprocess = sys.modules["subprocess"]
 
-    return SessionLocalExecutor
+    return SessionLocalExecutor(**kwargs)
 
 
 class _ModuleWith:
@@ -400,16 +399,12 @@ class _ModuleWith:
         return self._replaced[name] if name in self._replaced else getattr(self._module, name)
 
 
-def _SessionLocalExecutor(**kwargs: Any) -> Any:  # noqa: N802 (a class, built on first use)
-    return _local_executor_class()(**kwargs)
-
-
 def _slurm_states(job_ids: list[str]) -> dict[str, JobState]:
     """States of Slurm jobs from ``squeue`` (array tasks one per line), then ``sacct`` for those it no longer lists."""
     wanted = set(job_ids)
     found: dict[str, JobState] = {}
     try:
-        done = subprocess.run(["squeue", "-h", "-r", "-t", "all", "-o", "%i|%T|%N|%r"], capture_output=True,
+        done = subprocess.run(["squeue", "--me", "-h", "-r", "-t", "all", "-o", "%i|%T|%N|%r"], capture_output=True,
                               text=True, timeout=60, check=False)  # fmt: skip
     except FileNotFoundError:
         raise BenchError("squeue not found: follow Slurm jobs from a machine of their cluster") from None
@@ -521,6 +516,8 @@ def cell_views(store: ResultsStore, output_dir: Path, suite: str, jobs: list[dic
         if job["suite"] != suite:
             continue
         for key, cell_id in json.loads(job["cells"]).items():
+            if plan is not None and key not in plan:
+                continue  # a cell of an earlier version of the suite
             views[key] = _view(key, cell_id, job, cells.get(key), _read_state(output_dir, job["unit"]))
     for key, cell in cells.items():
         if key not in views and (plan is None or key in plan):
