@@ -246,6 +246,10 @@ class MetricValue:
     ``components`` holds named parts reported as rows of their own (metric ``name.part``),
     for a metric whose headline value summarises several measurements, e.g. 2.5D FID's
     mean over the three orthogonal planes with one component per plane.
+
+    ``counters`` holds counts of what happened while computing (values clamped into range,
+    eigenvalues clipped, ...): stored beside the value, never part of the settings, so two
+    runs that clamped a different number of pixels still rank together.
     """
 
     value: float
@@ -254,6 +258,7 @@ class MetricValue:
     settings: dict[str, Any]
     per_item: list[float] | None = None
     components: dict[str, MetricValue] = field(default_factory=dict)
+    counters: dict[str, float] = field(default_factory=dict)
 
 
 @runtime_checkable
@@ -281,6 +286,13 @@ class MetricPlugin(Protocol):
     that got no training items should report itself unavailable (``value = nan``,
     ``settings["status"] = "unavailable"`` and the reason). Metrics without the attribute are
     never given training items.
+
+    Optional class attributes saying how the metric is read (the console, tables and report
+    use them and never name a particular metric): ``description: str``, one line for the
+    report and ``bench plugins --details`` (default: the first line of the class docstring);
+    ``headline: bool``, whether the metric is among the numbers shown first (console summary
+    after each cell, the report's comparison views; default ``True`` for ranked metrics,
+    ``False`` when ``higher_is_better`` is ``None``).
     """
 
     name: ClassVar[str]
