@@ -47,7 +47,7 @@ class MetricScore:
     name: str
     kind: str
     version: str
-    higher_is_better: bool
+    higher_is_better: bool | None  # None: no ranking direction (e.g. data-copying's C_T)
     value: float
     std: float | None
     n: int
@@ -77,7 +77,7 @@ class ScoreResult:
                 value = "unavailable"
                 notes.append(f"{m.name} unavailable: {m.settings.get('reason', 'no reason given')}")
             std = f"{m.std:.4f}" if m.std is not None and math.isfinite(m.std) else "-"
-            rows.append((m.name, value, std, str(m.n), "higher" if m.higher_is_better else "lower"))
+            rows.append((m.name, value, std, str(m.n), _direction(m.higher_is_better)))
         widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
         lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
         lines.insert(1, "  ".join("-" * w for w in widths))
@@ -219,11 +219,18 @@ def _metric_scores(computed: Computed) -> dict[str, MetricScore]:
             settings.setdefault("std", "population (ddof 0) over files")
         scores[row_name] = MetricScore(
             name=row_name, kind=str(cls.kind), version=str(cls.version),
-            higher_is_better=bool(cls.higher_is_better), value=float(value.value),
+            higher_is_better=cls.higher_is_better, value=float(value.value),
             std=None if value.std is None else float(value.std), n=int(value.n), settings=settings,
             per_file=computed.per_item if cls.kind == "paired" and row_name == computed.name else None,
         )  # fmt: skip
     return scores
+
+
+def _direction(higher_is_better: bool | None) -> str:
+    """The table's ``better`` column: which way the metric ranks, or that it does not."""
+    if higher_is_better is None:
+        return "not ranked"
+    return "higher" if higher_is_better else "lower"
 
 
 def _instantiate(classes: dict[str, type], dims: int) -> dict[str, tuple[type, Any]]:

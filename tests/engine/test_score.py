@@ -176,3 +176,16 @@ def test_json_output_is_serialisable(tmp_path, registry):
     assert back["metrics"]["psnr"]["settings"]["data_range"] == 1.0
     assert back["provenance"]["data_range"] == "dtype maximum (PNG)"
     assert back["n_files"] == 3
+
+
+def test_metric_without_direction_is_shown_as_not_ranked(tmp_path, registry):
+    """data-copying has no ranking direction (C_T near 0 is ideal): neither "higher" nor "lower" is true of it."""
+    pred, ref = _offset_pngs(tmp_path, n=3)
+    result = score(pred, ref, ["psnr", "ssim", "data-copying"], None, registry)
+    assert result.metrics["data-copying"].higher_is_better is None
+    table = result.table().split("\n\n")[0].splitlines()[2:]  # the rows, before the notes
+    rows = {line.split()[0]: line for line in table}
+    assert rows["data-copying"].endswith("not ranked")
+    assert rows["psnr"].endswith("higher") and rows["ssim"].endswith("higher")
+    back = result.to_json()["metrics"]
+    assert back["data-copying"]["higher_is_better"] is None and back["psnr"]["higher_is_better"] is True
