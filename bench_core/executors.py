@@ -44,6 +44,7 @@ from typing import Any
 from bench_core.api import BenchError
 from bench_core.collect import PLACEHOLDER_RUN, collect, export_store, job_results_dir
 from bench_core.fileio import write_atomic
+from bench_core.progress import PROGRESS_FILE_VAR, describe, read_progress
 from bench_core.store import ResultsStore, claimant
 from bench_core.suite import Executor, Suite
 
@@ -220,6 +221,7 @@ class CellJob:
     def _environment(self, ranks: int, slot: int | None) -> None:
         from bench_core.provenance import ENGINE_SET_VARS
 
+        os.environ[PROGRESS_FILE_VAR] = str(_progress_file(Path(self.output_dir), self.unit.key))
         ours = set(filter(None, os.environ.get(ENGINE_SET_VARS, "").split(",")))
         if self.threads and ("OMP_NUM_THREADS" not in os.environ or "OMP_NUM_THREADS" in ours):
             os.environ["OMP_NUM_THREADS"] = str(self.threads)  # the cell's share, not the whole node
@@ -287,15 +289,25 @@ def _state_file(output_dir: Path, unit: str) -> Path:
     return output_dir / "jobs" / "state" / f"{unit}.json"
 
 
+def _progress_file(output_dir: Path, unit: str) -> Path:
+    """Where a job's training loop keeps its stage, step and loss (bench_core.progress)."""
+    return output_dir / "jobs" / "state" / f"{unit}.progress.json"
+
+
 def _write_state(output_dir: Path, unit: str, state: dict[str, Any]) -> None:
     write_atomic(_state_file(output_dir, unit), json.dumps(state), durable=False)
 
 
 def _read_state(output_dir: Path, unit: str) -> dict[str, Any]:
+    """The job's state file, with its training progress under ``"progress"`` when it has written any."""
     try:
-        return json.loads(_state_file(output_dir, unit).read_text())
+        state = json.loads(_state_file(output_dir, unit).read_text())
     except (OSError, ValueError):
         return {}
+    progress = read_progress(_progress_file(output_dir, unit))
+    if progress is not None and progress.get("updated", 0) >= state.get("started", 0):  # not an earlier attempt's
+        state["progress"] = progress
+    return state
 
 
 # -- backends: submit, ask, cancel ------------------------------------------------------------------------
@@ -536,7 +548,9 @@ def _view(key: str, cell_id: str, job: dict[str, Any], cell: dict[str, Any] | No
     if job["state"] == "running":
         started = state.get("started", 0) if state.get("job_id") == job["job_id"] else 0
         since = _ago(started if started >= job["submitted"] - 1 else job["updated"])
-        return CellView(cell_id, key, "running", f"{where}{tries}, {since}{_last_line(job['stdout'])}")
+        progress = state.get("progress") if started else None
+        doing = f"; {describe(progress)}" if progress else _last_line(job["stdout"])
+        return CellView(cell_id, key, "running", f"{where}{tries}, {since}{doing}")
     if job["state"] == "queued":
         return CellView(cell_id, key, "queued", f"{where}{tries}" + (f" ({job['reason']})" if job["reason"] else ""))
     if cell is not None and cell["status"] in ("done", "failed", "skipped"):

@@ -2,8 +2,8 @@
 
 The loop owns device placement, precision (autocast, with a gradient scaler for fp16 on
 CUDA), gradient clipping, update skipping with a counter and a cap on consecutive skips,
-EMA weights, seeding, periodic atomic checkpoints, resume after a kill, progress bars
-and the loss curves stored for the report.
+EMA weights, seeding, periodic atomic checkpoints, resume after a kill, progress (console bar and the file
+``bench status`` reads, in :mod:`bench_core.progress`) and the loss curves stored for the report.
 
 Skipped updates and the gradient scaler. An update is skipped when a pass's loss is
 non-finite, when the gradients are non-finite, or when their norm reaches the stage's
@@ -36,6 +36,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from bench_core import distributed as ddp
 from bench_core.api import BenchError, OptimizerSpec, TrainingStage
 from bench_core.checkpoints import load_train_state, save_train_state, save_weights
+from bench_core.progress import StageProgress, progress_file
 from bench_core.timing import ThroughputMeter
 from bench_core.torchutil import (
     autocast,
@@ -199,8 +200,10 @@ def run_stage(
     run.train_mode()
     meter = ThroughputMeter(settings.device, skip_first=1)  # the first update of this process pays for warm-up
     started = time.perf_counter()
-    show = settings.progress and ddp.is_main()
-    with _progress(show, f"{settings.label} {stage.name}".strip(), plan.total, run.step) as advance:
+    main = ddp.is_main()
+    bar = f"{settings.label} {stage.name}".strip() if settings.progress and main else None
+    shown = StageProgress(stage.name, plan.total, run.step, bar_label=bar, file=progress_file() if main else None)
+    with shown as advance:
         while run.step < plan.total:
             for group in _micro_batches(run.loader(dataset), plan):
                 items = sum(batch_len(b) for b in group)
@@ -530,40 +533,3 @@ def _clip(stage: TrainingStage, params: list[torch.nn.Parameter]) -> torch.Tenso
         return torch.nn.utils.clip_grad_norm_(params, limit)
     norms = [torch.nn.utils.clip_grad_norm_(list(group), limit) for group in stage.clip_groups()]
     return torch.linalg.vector_norm(torch.stack(norms))
-
-
-class _progress:
-    """A rich progress bar for one stage (a no-op when progress is off)."""
-
-    def __init__(self, enabled: bool, description: str, total: int, done: int):
-        self.enabled, self.description = enabled, description
-        self.total, self.done = total, done
-
-    def __enter__(self):
-        if not self.enabled:
-            return lambda loss: None
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TaskProgressColumn,
-            TextColumn,
-            TimeRemainingColumn,
-        )
-
-        self._bar = Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("loss {task.fields[loss]:.4g}"),
-            TaskProgressColumn(show_speed=True),
-            TimeRemainingColumn(),
-            transient=True,
-        )
-        self._bar.__enter__()
-        task = self._bar.add_task(self.description, total=self.total, completed=self.done, loss=float("nan"))
-        return lambda loss: self._bar.update(task, advance=1, loss=loss)
-
-    def __exit__(self, *exc: object) -> None:
-        if self.enabled:
-            self._bar.__exit__(*exc)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -75,6 +76,7 @@ def test_ctrl_c_leaves_cells_running_and_cancel_stops_them(tmp_path, bench_env, 
     assert not _ended(job_id)  # the cell's process survived Ctrl-C
     status = bench("status", "out", env=bench_env)
     assert "toy-ae/toy/seed0         running   job " in status.stdout, status.stdout
+    assert re.search(r"; stage \w+ step \d+/100", status.stdout), status.stdout  # the job's progress file
     cancel = bench("cancel", "out", env=bench_env)
     assert f"cancelled 1 jobs: {job_id} (toy-ae/toy/seed0)" in cancel.stdout
     wait_for(lambda: _ended(job_id), 30, "the cancelled job to stop")
