@@ -22,7 +22,7 @@ Values from different feature spaces are different numbers: the settings name th
 ``extractor`` (and the Inception weights' hash), so the report never ranks them together.
 
 Volumes (``dims=3``) are compared per plane, "2.5D" as FID does: the three orthogonal
-centre slices of each volume (:func:`.inception.plane_slices`) give one feature set per plane,
+centre slices of each volume (:func:`.planes.plane_slices`) give one feature set per plane,
 each metric reports one value per plane as a component (``name.axial``, ``name.coronal``,
 ``name.sagittal``) and their mean as its value.
 """
@@ -41,6 +41,9 @@ from bench_core.api import BenchError, MetricValue
 
 from . import inception
 from ._reduce import OUT_OF_RANGE_POLICIES, RANGE_TOLERANCE, check_options, check_range
+from .inception_network import BLOCK_INDEX_BY_DIM, BLOCK_NAMES, RESIZE, load_error
+from .inception_weights import WeightsSource, resolve_weights
+from .planes import PLANE_SLICES, PLANES, plane_slices
 from .swd import laplacian_pyramid
 
 FEATURE_SPACES = ("inception", "pyramid")
@@ -75,17 +78,17 @@ class InceptionSpace(FeatureSpace):
     """pytorch-fid's InceptionV3 features through the caches of :mod:`.inception`."""
 
     def __init__(self, metric: str, weights: str | None, feature_dims: int, feature_cache: bool) -> None:
-        if feature_dims not in inception.BLOCK_INDEX_BY_DIM:
+        if feature_dims not in BLOCK_INDEX_BY_DIM:
             raise BenchError(
-                f"{metric}: feature_dims must be one of {sorted(inception.BLOCK_INDEX_BY_DIM)}, got {feature_dims!r}"
+                f"{metric}: feature_dims must be one of {sorted(BLOCK_INDEX_BY_DIM)}, got {feature_dims!r}"
             )
         self.feature_dims = feature_dims
         self.feature_cache = feature_cache
-        self.source = inception.resolve_weights(weights)
+        self.source = resolve_weights(weights)
         if self.source.available:
-            error = inception.load_error(self.source, feature_dims)
+            error = load_error(self.source, feature_dims)
             if error is not None:
-                self.source = inception.WeightsSource("unavailable", path=self.source.path, reason=error)
+                self.source = WeightsSource("unavailable", path=self.source.path, reason=error)
         self.available = self.source.available
         self.reason = self.source.reason
 
@@ -100,12 +103,11 @@ class InceptionSpace(FeatureSpace):
 
     def settings(self) -> dict[str, Any]:
         """The network, its weights and preprocessing."""
-        block = inception.BLOCK_NAMES[self.feature_dims]
+        block = BLOCK_NAMES[self.feature_dims]
         return {
             "extractor": f"pytorch-fid InceptionV3 {block} {self.feature_dims}",
             **self.source.provenance(),
-            "resize": f"{inception.RESIZE}x{inception.RESIZE} bilinear, align_corners=False "
-            "(pytorch-fid resize_input=True)",
+            "resize": f"{RESIZE}x{RESIZE} bilinear, align_corners=False (pytorch-fid resize_input=True)",
             "input_scaling": "x / data_range to [0, 1], then 2x - 1 (pytorch-fid normalize_input=True)",
             "channels": "gray repeated to 3 channels; RGB as is",
         }
@@ -159,7 +161,7 @@ class FeatureMetricBase(ABC):
     """Input handling shared by the feature-space metrics: checks, the feature space, planes, counts.
 
     Subclasses set ``name`` and implement ``_add(real, fake)``: the feature arrays of one
-    update, one per feature set (one set in 2D; in 3D one per plane of :data:`.inception.PLANES`,
+    update, one per feature set (one set in 2D; in 3D one per plane of :data:`.planes.PLANES`,
     in that order). Options: ``features`` (``"inception"`` or ``"pyramid"``), and for Inception
     ``weights``, ``feature_dims`` and ``feature_cache=False`` (keeps features off the on-disk
     cache); ``out_of_range``.
@@ -188,7 +190,7 @@ class FeatureMetricBase(ABC):
         self.out_of_range = out_of_range
         self.features = features
         self.space = make_space(self.name, features, weights, feature_dims, feature_cache)
-        self.planes: tuple[str, ...] = inception.PLANES if dims == 3 else ()
+        self.planes: tuple[str, ...] = PLANES if dims == 3 else ()
         self.n_real = 0
         self.n_fake = 0
         self._clamped = 0
@@ -215,7 +217,7 @@ class FeatureMetricBase(ABC):
 
     def _features(self, x: torch.Tensor, real: bool) -> list[np.ndarray]:
         """One feature array per plane (one in 2D) of checked items."""
-        return [self.space(b / self.data_range, real) for b in inception.plane_slices(x, self.spatial_dims)]
+        return [self.space(b / self.data_range, real) for b in plane_slices(x, self.spatial_dims)]
 
     def update(self, pred: torch.Tensor, target: torch.Tensor) -> None:
         """Add generated (``pred``) and real (``target``) items; their counts may differ."""
@@ -261,7 +263,7 @@ class FeatureMetricBase(ABC):
             settings["planes"] = (
                 "2.5D: value = mean of the per-plane values (components), one feature set per plane of "
                 "centre slices: "
-                + "; ".join(f"{p} = {inception.PLANE_SLICES[p]}" for p in inception.PLANES)
+                + "; ".join(f"{p} = {PLANE_SLICES[p]}" for p in PLANES)
                 + ". Plane names assume the dataset's (D, H, W) orientation with D the inferior-superior axis"
             )
         if not self.space.available:
@@ -273,7 +275,7 @@ class FeatureMetricBase(ABC):
     ) -> MetricValue:
         """One plane's value as a :attr:`MetricValue.components` entry (row ``<metric>.<plane>``)."""
         part = {k: v for k, v in settings.items() if k != "planes"}
-        part["plane"] = f"{plane}: {inception.PLANE_SLICES[plane]}; assumes the dataset's (D, H, W) orientation"
+        part["plane"] = f"{plane}: {PLANE_SLICES[plane]}; assumes the dataset's (D, H, W) orientation"
         return MetricValue(value=value, std=std, n=self.n_fake, settings=part, **extra)
 
     def _per_plane(

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from bench_core.api import BenchError, cache_dir
-from bench_plugins.metrics import inception
+from bench_plugins.metrics import feature_disk_cache, inception, inception_network, inception_weights
 from bench_plugins.metrics.fid import FID
 from bench_plugins.metrics.kid import KID
 
@@ -22,16 +22,16 @@ def fresh_cache(monkeypatch, tmp_path):
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     monkeypatch.setenv("BENCH_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.delenv(inception.FEATURE_CACHE_ENV, raising=False)
+    monkeypatch.delenv(feature_disk_cache.FEATURE_CACHE_ENV, raising=False)
     inception.clear_cache()
-    forward = inception.InceptionFeatures.forward
+    forward = inception_network.InceptionFeatures.forward
     seen = {"images": 0}
 
     def counting(self, x):
         seen["images"] += len(x)
         return forward(self, x)
 
-    monkeypatch.setattr(inception.InceptionFeatures, "forward", counting)
+    monkeypatch.setattr(inception_network.InceptionFeatures, "forward", counting)
     yield seen
     inception.clear_cache()
     torch.set_num_threads(before)
@@ -45,10 +45,10 @@ def images(n: int, seed: int, size: int = 24) -> torch.Tensor:
 
 def test_second_process_reads_the_disk_cache_not_the_network(fresh_cache):
     x = images(4, seed=1)
-    source = inception.resolve_weights(RANDOM)
+    source = inception_weights.resolve_weights(RANDOM)
     first = inception.features(x, source, 64, disk=True)
     assert fresh_cache["images"] == 4 and inception.COUNTERS.computed == 4
-    assert (cache_dir() / "inception-features" / inception.DISK_CACHE_FILE).is_file()
+    assert (cache_dir() / "inception-features" / feature_disk_cache.DISK_CACHE_FILE).is_file()
     inception.clear_cache()  # a new process: nothing in memory
     fresh_cache["images"] = 0
     again = inception.features(x.flip(0).clone(), source, 64, disk=True)  # keyed by content, not position
@@ -75,17 +75,17 @@ def test_fid_is_identical_with_real_features_from_disk(fresh_cache):
 @pytest.mark.parametrize("other", [("random:1", 64), (RANDOM, 192)])
 def test_other_weights_or_block_miss(fresh_cache, other):
     x = images(3, seed=4)
-    inception.features(x, inception.resolve_weights(RANDOM), 64, disk=True)
+    inception.features(x, inception_weights.resolve_weights(RANDOM), 64, disk=True)
     inception.clear_cache()
     weights, dims = other
-    out = inception.features(x, inception.resolve_weights(weights), dims, disk=True)
+    out = inception.features(x, inception_weights.resolve_weights(weights), dims, disk=True)
     assert inception.COUNTERS.disk == 0 and inception.COUNTERS.computed == 3 and out.shape == (3, dims)
 
 
 def _reference(x: torch.Tensor) -> np.ndarray:
     """Features computed without any cache, in the same batch (memory cleared before and after)."""
     inception.clear_cache()
-    out = inception.features(x, inception.resolve_weights(RANDOM), 64, disk=False)
+    out = inception.features(x, inception_weights.resolve_weights(RANDOM), 64, disk=False)
     inception.clear_cache()
     return out
 
@@ -93,10 +93,10 @@ def _reference(x: torch.Tensor) -> np.ndarray:
 @pytest.mark.parametrize("damage", ["garbage file", "folder is a file"])
 def test_unusable_cache_warns_and_computes(damage):
     x = images(3, seed=5)
-    source = inception.resolve_weights(RANDOM)
+    source = inception_weights.resolve_weights(RANDOM)
     inception.features(x, source, 64, disk=True)
     expected = _reference(x)
-    path = inception.disk_cache_path()
+    path = feature_disk_cache.disk_cache_path()
     if damage == "garbage file":
         path.write_bytes(b"this is not an SQLite database" * 100)
     else:
@@ -113,10 +113,10 @@ def test_unusable_cache_warns_and_computes(damage):
 
 def test_damaged_rows_fail_their_checksum_and_are_rewritten():
     x = images(3, seed=6)
-    source = inception.resolve_weights(RANDOM)
+    source = inception_weights.resolve_weights(RANDOM)
     inception.features(x, source, 64, disk=True)
     expected = _reference(x)
-    conn = sqlite3.connect(inception.disk_cache_path())  # damage two stored rows
+    conn = sqlite3.connect(feature_disk_cache.disk_cache_path())  # damage two stored rows
     with conn:
         two = "SELECT digest FROM features LIMIT 2"
         conn.execute(f"UPDATE features SET data = zeroblob(length(data)) WHERE digest IN ({two})")
@@ -139,7 +139,7 @@ def test_cache_off_never_touches_the_disk(monkeypatch, how):
     monkeypatch.setattr(sqlite3, "connect", refuse)
     options = {"feature_cache": False} if how == "option" else {}
     if how == "environment":
-        monkeypatch.setenv(inception.FEATURE_CACHE_ENV, "0")
+        monkeypatch.setenv(feature_disk_cache.FEATURE_CACHE_ENV, "0")
     for cls in (FID, KID):
         metric = cls(weights=RANDOM, feature_dims=64, **options)
         metric.update(images(3, seed=7), images(3, seed=8))
@@ -164,8 +164,8 @@ def test_cache_changes_neither_value_nor_settings(cls):
 
 
 def test_reads_proceed_while_another_process_writes_and_a_stuck_lock_only_stops_writes(monkeypatch):
-    monkeypatch.setattr(inception, "_BUSY_TIMEOUT_S", 0.2)
-    store = inception.FeatureDiskCache(inception.disk_cache_path())
+    monkeypatch.setattr(feature_disk_cache, "_BUSY_TIMEOUT_S", 0.2)
+    store = feature_disk_cache.FeatureDiskCache(feature_disk_cache.disk_cache_path())
     rows = [(bytes([i]) * 16, np.full(64, i, np.float32)) for i in range(3)]
     store.put("x", rows[:2])
     other = sqlite3.connect(store.path, isolation_level=None)

@@ -13,7 +13,7 @@ from pytorch_fid.fid_score import calculate_frechet_distance
 
 from bench_core.api import BenchError, MetricPlugin
 from bench_core.testing import check_metric_plugin
-from bench_plugins.metrics import inception
+from bench_plugins.metrics import inception, inception_network, inception_weights, planes
 from bench_plugins.metrics.fid import FID, GaussianStats, bench_metrics, frechet_distance
 
 RANDOM = "random:0"
@@ -41,8 +41,9 @@ def images(n: int, seed: int, channels: int = 1, size: int = 32) -> torch.Tensor
 
 
 def test_network_is_pytorch_fid_inception_v3(monkeypatch):
-    ours = inception.network(inception.resolve_weights(RANDOM), 2048, torch.device("cpu"))
-    state = inception._INCEPTIONS[inception.source_key(inception.resolve_weights(RANDOM), 2048)].state_dict()
+    ours = inception_network.network(inception_weights.resolve_weights(RANDOM), 2048, torch.device("cpu"))
+    key = inception_network.source_key(inception_weights.resolve_weights(RANDOM), 2048)
+    state = inception_network._INCEPTIONS[key].state_dict()
     monkeypatch.setattr(pytorch_fid.inception, "load_state_dict_from_url", lambda *a, **k: state)
     reference = pytorch_fid.inception.InceptionV3([3], resize_input=True, normalize_input=True).eval()
     x = images(2, seed=1, channels=3, size=40)
@@ -88,7 +89,7 @@ def test_end_to_end_equals_direct_features_and_streaming():
     streamed = FID(weights=RANDOM, feature_dims=64)
     for r, f in zip(real.split(4), fake.split(3), strict=True):
         streamed.update(f, r)
-    net = inception.network(inception.resolve_weights(RANDOM), 64, torch.device("cpu"))
+    net = inception_network.network(inception_weights.resolve_weights(RANDOM), 64, torch.device("cpu"))
     with torch.no_grad():
         fr = net(real.expand(-1, 3, -1, -1)).double().numpy()
         ff = net(fake.expand(-1, 3, -1, -1)).double().numpy()
@@ -114,14 +115,14 @@ CENTRE_SLICES = {  # the documented plane of each component, written out indepen
 def test_volumes_give_one_fid_per_plane_and_their_mean():
     g = torch.Generator().manual_seed(4)
     real, fake = torch.rand(7, 1, 6, 8, 10, generator=g), 0.8 * torch.rand(6, 1, 6, 8, 10, generator=g)
-    assert [tuple(p.shape) for p in inception.to_inception_batches(real, 3, 1.0)] == [
+    assert [tuple(p.shape) for p in planes.to_inception_batches(real, 3, 1.0)] == [
         (7, 3, 8, 10), (7, 3, 6, 10), (7, 3, 6, 8)
     ]  # fmt: skip
     metric = FID(dims=3, weights=RANDOM, feature_dims=64)
     metric.update(fake, real)
     result = metric.compute()
     assert list(result.components) == ["axial", "coronal", "sagittal"]
-    source = inception.resolve_weights(RANDOM)
+    source = inception_weights.resolve_weights(RANDOM)
     for plane, cut in CENTRE_SLICES.items():
         # Features of the independently cut slices (content-keyed: a wrongly sliced plane would miss the cache).
         fr = inception.features(cut(real).expand(-1, 3, -1, -1), source, 64).astype(np.float64)
@@ -156,8 +157,8 @@ def test_unavailable_reports_reason_and_searched_paths(monkeypatch, tmp_path):
 
 
 def test_weights_file_is_loaded_offline_and_fingerprinted(tmp_path, monkeypatch):
-    source = inception.resolve_weights("random:7")
-    state = inception._fid_inception(source).state_dict()
+    source = inception_weights.resolve_weights("random:7")
+    state = inception_network._fid_inception(source).state_dict()
     path = tmp_path / "w.pth"
     torch.save(state, path)
     monkeypatch.setenv("BENCH_FID_WEIGHTS", str(path))
@@ -182,7 +183,7 @@ def test_bad_weights(tmp_path):
 
 def test_feature_cache_runs_the_network_once_per_image(monkeypatch):
     x = images(3, seed=11, channels=3)
-    source = inception.resolve_weights(RANDOM)
+    source = inception_weights.resolve_weights(RANDOM)
     first = inception.features(x, source, 64)
 
     def fail(*args, **kwargs):

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from bench_core.testing import check_metric_plugin
-from bench_plugins.metrics import inception, kid
+from bench_plugins.metrics import inception, inception_weights, kid
 from bench_plugins.metrics.kid import KID, bench_metrics
 
 RANDOM = "random:0"
@@ -42,7 +42,7 @@ def images(n: int, seed: int) -> torch.Tensor:
 
 
 def feats(x: torch.Tensor) -> np.ndarray:
-    return inception.features(x.expand(-1, 3, -1, -1), inception.resolve_weights(RANDOM), 64).astype(np.float64)
+    return inception.features(x.expand(-1, 3, -1, -1), inception_weights.resolve_weights(RANDOM), 64).astype(np.float64)
 
 
 def test_whole_set_matches_direct_formula():

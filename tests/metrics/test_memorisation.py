@@ -15,7 +15,7 @@ from scipy.stats import mannwhitneyu
 from bench_core import evaluator
 from bench_core.api import SAMPLE, BenchError, DataSpec, MetricPlugin
 from bench_core.evaluator import EvalSettings, tasks_for
-from bench_plugins.metrics import features, inception
+from bench_plugins.metrics import features, inception, planes
 from bench_plugins.metrics.memorisation import (
     NO_TRAIN,
     Authenticity,
@@ -229,10 +229,10 @@ def test_volumes_are_compared_per_plane():
     fake = smooth(12, seed=9, size=10, dims=3)
     fake[:3] = train[:3]
     result = fed(Copies, train, fake).compute()
-    assert list(result.components) == list(inception.PLANES)
-    for plane, cut in zip(inception.PLANES, inception.plane_slices(train, 3), strict=True):
-        index = inception.PLANES.index(plane)
-        flat = fed(Copies, cut, inception.plane_slices(fake, 3)[index]).compute()
+    assert list(result.components) == list(planes.PLANES)
+    for plane, cut in zip(planes.PLANES, planes.plane_slices(train, 3), strict=True):
+        index = planes.PLANES.index(plane)
+        flat = fed(Copies, cut, planes.plane_slices(fake, 3)[index]).compute()
         assert result.components[plane].value == flat.value and result.components[plane].per_item == flat.per_item
     assert result.value == pytest.approx(np.mean([c.value for c in result.components.values()]), abs=1e-15)
     assert result.per_item is None and "planes" in result.settings
@@ -300,3 +300,75 @@ def test_evaluator_feeds_the_training_split_to_sample_tasks(tmp_path: Path):
     assert rows["data-copying"]["higher_is_better"] is None
     without = evaluate(_Sampler(train), _Split(test, "t"), spec, tasks, metrics, settings, tmp_path)
     assert all(r["settings"]["reason"] == NO_TRAIN for r in without.rows if r["metric"] == "copies")
+
+
+def test_per_sample_nearest_training_items_equal_brute_force():
+    train, fake = planted()
+    space = features.PyramidSpace()
+    ft, ff = space(train, True), space(fake, False)
+    gt, tt = distances(ff, ft), distances(ft, ft)
+    np.fill_diagonal(tt, np.inf)
+    for cls in (Copies, Authenticity):
+        details = fed(cls, train, fake, chunk_size=7).compute().item_details
+        assert len(details) == 30
+        assert [d["train_id"] for d in details] == [f"train_{j}" for j in gt.argmin(axis=1)]
+        np.testing.assert_allclose([d["distance"] for d in details], gt.min(axis=1), rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose([d["train_nn_distance"] for d in details], tt.min(axis=1)[gt.argmin(axis=1)],
+                                   rtol=1e-12)  # fmt: skip
+        assert [d["distance"] for d in details[:6]] == [0.0] * 6  # the planted copies
+    json.dumps(details, allow_nan=False)
+
+
+def test_per_sample_details_of_volumes_are_per_plane():
+    train, fake = smooth(20, seed=8, size=10, dims=3), smooth(12, seed=9, size=10, dims=3)
+    result = fed(Copies, train, fake).compute()
+    assert result.item_details is None
+    for plane, cut in zip(inception.PLANES, inception.plane_slices(train, 3), strict=True):
+        flat = fed(Copies, cut, inception.plane_slices(fake, 3)[inception.PLANES.index(plane)]).compute()
+        assert result.components[plane].item_details == flat.item_details and len(flat.item_details) == 12
+
+
+def test_evaluator_keeps_each_samples_nearest_training_item(tmp_path: Path):
+    train, test = smooth(20, seed=11), smooth(10, seed=12)
+    spec = DataSpec(("image",), (1,), 2, (12, 12), (-1.0, 1.0))
+    model = _Sampler(train)
+    metrics = {"copies": (Copies, PYRAMID), "data-copying": (DataCopying, {**PYRAMID, "cells": 1, "tau": 0.0})}
+    settings = EvalSettings(device=torch.device("cpu"), batch_size=6, n_samples=10, save_images=False)
+    tasks = tasks_for(model.capabilities, spec)
+    outcome = evaluate(model, _Split(test, "t"), spec, tasks, metrics, settings, tmp_path, train=_Split(train, "tr"))
+    samples = outcome.per_file["sample"]["copies"]["samples"]
+    assert list(samples) == [f"sample_{j:05d}" for j in range(10)]
+    # The model's first four samples are training images 0-3 (sample files sample_00000-3).
+    assert [(s["train_id"], s["distance"]) for s in list(samples.values())[:4]] == [(f"tr{j}", 0.0) for j in range(4)]
+    pairs = {r["metric"]: r for r in outcome.rows}["data-copying"]["settings"]["closest_pairs"]
+    for p in pairs:  # the same nearest items as the pairs data-copying lists (same feature space)
+        assert samples[f"sample_{p['generated_index']:05d}"]["distance"] == p["distance"]
+    assert outcome.per_file["sample"]["copies"]["n"] == 10 and "per_file" not in outcome.per_file["sample"]["copies"]
+    json.loads(json.dumps(outcome.per_file))
+
+
+class _WrongDetails(Copies):
+    """A metric plugin whose item details do not match the samples drawn."""
+
+    name = "wrong-details"
+
+    def compute(self):
+        value = super().compute()
+        value.item_details = value.item_details[:-1]
+        return value
+
+
+def test_evaluator_refuses_item_details_that_do_not_match_the_samples(tmp_path: Path):
+    train, test = smooth(20, seed=11), smooth(10, seed=12)
+    spec = DataSpec(("image",), (1,), 2, (12, 12), (-1.0, 1.0))
+    model = _Sampler(train)
+    settings = EvalSettings(device=torch.device("cpu"), batch_size=6, n_samples=10, save_images=False)
+    tasks = tasks_for(model.capabilities, spec)
+    metrics = {"wrong-details": (_WrongDetails, PYRAMID)}
+    try:
+        outcome = evaluate(model, _Split(test, "t"), spec, tasks, metrics, settings, tmp_path, _Split(train, "tr"))
+    except BenchError as exc:
+        message = str(exc)
+    else:  # the engine records a failed task instead of failing the cell
+        message = outcome.failed["sample"]
+    assert "wrong-details: 9 item details on task sample" in message and "(10)" in message

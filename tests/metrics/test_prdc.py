@@ -13,7 +13,7 @@ from pytorch_fid.fid_score import calculate_frechet_distance
 
 from bench_core.api import BenchError, MetricPlugin
 from bench_core.testing import check_metric_plugin
-from bench_plugins.metrics import _knn, features
+from bench_plugins.metrics import _knn, features, inception, inception_weights
 from bench_plugins.metrics.fid import FID
 from bench_plugins.metrics.kid import KID
 from bench_plugins.metrics.prdc import PRDC, bench_metrics, f_score, prdc
@@ -233,8 +233,8 @@ def test_inception_features_and_unavailable_without_weights(monkeypatch, tmp_pat
     metric = PRDC(weights=RANDOM, feature_dims=64, k_pr=2, k_dc=3)
     metric.update(fake, real)
     result = metric.compute()
-    source = features.inception.resolve_weights(RANDOM)
-    expected = prdc(features.inception.features(real, source, 64), features.inception.features(fake, source, 64), 2, 3)
+    source = inception_weights.resolve_weights(RANDOM)
+    expected = prdc(inception.features(real, source, 64), inception.features(fake, source, 64), 2, 3)
     assert result.components["coverage"].value == expected["coverage"]
     assert result.settings["extractor"] == "pytorch-fid InceptionV3 first max pool 64"
     monkeypatch.delenv("BENCH_FID_WEIGHTS", raising=False)
