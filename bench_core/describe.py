@@ -5,7 +5,7 @@ Nothing here needs data, weights or a device. A model is described by its named 
 and its dims; a dataset by its options (the constructor's keyword parameters and defaults),
 whether it can synthesise embedded data, its ``obtain`` hint and, when the class declares
 them, its modalities and value range; a metric by its options (the constructor's, less
-``data_range`` and ``dims``), direction, kind, dims and version.
+``data_range`` and ``dims``), how it reads (description, headline), direction, kind, dims and version.
 
 torch is imported only inside functions (through the plugin classes and the evaluator), so
 ``bench --help`` stays torch-free.
@@ -21,6 +21,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from bench_core.api import API_VERSION, PluginError
+from bench_core.metric_reading import metric_reading
 from bench_core.plugins import KINDS, Registered, Registry
 
 FROM_THE_DATA = "from the data"
@@ -111,10 +112,13 @@ def _metric(cls: type) -> dict[str, Any]:
     direction = {True: "higher is better", False: "lower is better"}.get(
         cls.higher_is_better, "no direction declared (higher_is_better is None)"
     )
+    reading = metric_reading(cls)
     out = {
         "options": options_of(cls, _EXCLUDED_OPTIONS["metric"]),
         "higher_is_better": cls.higher_is_better,
         "direction": direction,
+        "description": reading.description,
+        "headline": reading.headline,
         "kind": cls.kind,
         "dims": sorted(cls.dims),
     }
@@ -248,7 +252,9 @@ def format_description(desc: Mapping[str, Any]) -> str:
         lines += [f"  {attr.replace('_', ' ')}: {_value(value)}" for attr, value in desc["data"].items()]
     else:
         lines += [
+            f"  reads as: {desc['description'] or '-'}",
             f"  direction: {desc['direction']}",
+            f"  headline: {'yes (shown first: console summary, report)' if desc['headline'] else 'no'}",
             f"  kind: {desc['kind']}" + (" (needs the training split)" if desc.get("needs_train") else ""),
             f"  dims: {_dims(desc['dims'])}",
         ]

@@ -22,6 +22,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from bench_core.metric_reading import metric_reading
 from bench_core.stats import bootstrap_ci
 
 ROW_KINDS = ("metric", "throughput", "memory", "training", "model", "baseline", "diagnostic")
@@ -120,6 +121,7 @@ def metric_rows(task: str, computed: Any, counters: Mapping[str, Any]) -> list[R
     the mean over the per-item values, when the metric returned any.
     """
     cls, value = computed.cls, computed.value
+    reading = metric_reading(cls)  # stored, so the report reads a metric as its plugin says
     parts = [(computed.name, value)] + [(f"{computed.name}.{k}", v) for k, v in value.components.items()]
     rows = []
     for name, part in parts:
@@ -128,7 +130,8 @@ def metric_rows(task: str, computed: Any, counters: Mapping[str, Any]) -> list[R
             task=task, metric=name, value=part.value, std=part.std, n=part.n,
             higher_is_better=cls.higher_is_better, settings=settings,
             counters={**own, **(getattr(part, "counters", None) or {}), **counters},
-            provenance={"plugin": computed.name, "version": cls.version},
+            provenance={"plugin": computed.name, "version": cls.version, "description": reading.description,
+                        "headline": reading.headline and name == computed.name},  # components never lead
         ))  # fmt: skip
     ci = bootstrap_ci(list(computed.per_item.values())) if computed.per_item else None
     if ci is not None:

@@ -23,6 +23,7 @@ from bench_core import distributed as ddp
 from bench_core.api import BenchError
 from bench_core.cells import BaselineCell, Cell, Datasets, SkipCell, baseline_cells, cell_key, plan
 from bench_core.fileio import write_atomic
+from bench_core.metric_reading import row_reading
 from bench_core.pipeline import RunContext, run_baseline_cell, run_model_cell
 from bench_core.plugins import Registry
 from bench_core.preflight import preflight
@@ -34,6 +35,9 @@ from bench_core.torchutil import resolve_device
 from bench_core.trainer import TrainingDiverged
 
 __all__ = ["Runner", "plan"]
+
+SUMMARY_METRICS = 2
+"""How many headline metrics the console line after each cell shows (per task)."""
 
 Outcome = tuple[str, str | None, dict[str, Any], list[ResultRow]]
 """A cell's status (done, failed, skipped), reason, details and rows."""
@@ -176,5 +180,8 @@ def _cell_line(cell: Cell | BaselineCell, status: str, reason: str | None, rows:
     mark = {"done": "✓", "failed": "✗", "skipped": "-"}.get(status, "?")
     if status != "done":
         return f"{mark} {cell.id}: {status}: {reason}"
-    shown = [f"{r.task}.{r.metric}={r.value:.4g}" for r in rows if r.metric in ("psnr", "ssim")]
+    # The suite's first headline metrics, whatever they are (rows come in the suite's metric order).
+    metric_rows = [r for r in rows if r.kind in ("metric", "baseline") and r.value is not None]
+    names = list(dict.fromkeys(r.metric for r in metric_rows if row_reading(r.provenance, r.higher_is_better).headline))
+    shown = [f"{r.task}.{r.metric}={r.value:.4g}" for r in metric_rows if r.metric in names[:SUMMARY_METRICS]]
     return f"{mark} {cell.id}: done {' '.join(shown)}"

@@ -120,6 +120,8 @@ class FID(FeatureMetricBase):
     version = "1.1"  # 1.1: dims=3 is the mean of per-plane FIDs (1.0 pooled the planes)
     api_version = API_VERSION
     higher_is_better = False
+    description = "Fréchet distance between the feature statistics of the outputs and of the targets"
+    headline = True
     kind = "distribution"
     dims = frozenset({2, 3})
 

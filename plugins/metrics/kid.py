@@ -69,6 +69,8 @@ class KID(FeatureMetricBase):
     version = "1.1"  # 1.1: dims=3 is the mean of per-plane KIDs (1.0 pooled the planes)
     api_version = API_VERSION
     higher_is_better = False
+    description = "Kernel (polynomial MMD) distance between output and target features, over subsets"
+    headline = False
     kind = "distribution"
     dims = frozenset({2, 3})
 

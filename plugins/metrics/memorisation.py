@@ -198,6 +198,8 @@ class Copies(TrainingSetMetric):
     name = "copies"
     version = "1.0"
     higher_is_better = False
+    description = "Fraction of samples that are near-copies of a training item (below its nearest-neighbour distance)"
+    headline = False
 
     def __init__(
         self,
@@ -240,6 +242,8 @@ class Authenticity(TrainingSetMetric):
     name = "authenticity"
     version = "1.0"
     higher_is_better = True
+    description = "Fraction of samples farther from their nearest training item than it is from its own neighbour"
+    headline = False
 
     def _set_value(self, nearest, nearest_idx, train_nn, feats):
         authentic = (nearest > train_nn[nearest_idx]).double()
@@ -338,6 +342,8 @@ class DataCopying(TrainingSetMetric):
     name = "data-copying"
     version = "1.0"
     higher_is_better = None  # C_T ~ 0 is ideal: negative means copying, positive underfitting
+    description = "Data-copying test statistic C_T (about 0 is ideal; negative: copying, positive: underfitting)"
+    headline = False
     _uses_test = True
 
     def __init__(

@@ -137,6 +137,8 @@ class MSSSIM(PairedMetric):
     version = "1.0"
     api_version = API_VERSION
     higher_is_better = True
+    description = "Multi-scale structural similarity of each output with its target, averaged over test items"
+    headline = False
     kind = "paired"
     dims = frozenset({2, 3})
 

@@ -132,6 +132,8 @@ class PRDC(FeatureMetricBase):
     version = "1.0"
     api_version = API_VERSION
     higher_is_better = True
+    description = "Precision, recall, density and coverage of output features against target features (k-NN)"
+    headline = False
     kind = "distribution"
     dims = frozenset({2, 3})
 

@@ -55,6 +55,8 @@ class PSNR(PairedMetric):
     version = "1.0"
     api_version = API_VERSION
     higher_is_better = True
+    description = "Peak signal-to-noise ratio (dB) of each output against its target, averaged over test items"
+    headline = True
     kind = "paired"
     dims = frozenset({2, 3})
 

@@ -177,6 +177,8 @@ class SSIM(PairedMetric):
     version = "1.0"
     api_version = API_VERSION
     higher_is_better = True
+    description = "Structural similarity of each output with its target, averaged over test items"
+    headline = True
     kind = "paired"
     dims = frozenset({2, 3})
 

@@ -95,6 +95,8 @@ class SWD:
     version = "1.0"
     api_version = API_VERSION
     higher_is_better = False
+    description = "Sliced Wasserstein distance (x1000) between Laplacian-pyramid patches of outputs and targets"
+    headline = False
     kind = "distribution"
     dims = frozenset({2, 3})
 
