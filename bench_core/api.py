@@ -250,6 +250,11 @@ class MetricValue:
     ``counters`` holds counts of what happened while computing (values clamped into range,
     eigenvalues clipped, ...): stored beside the value, never part of the settings, so two
     runs that clamped a different number of pixels still rank together.
+
+    ``item_details`` holds, for a metric of the ``sample`` task, one JSON object per generated
+    sample in the order drawn (e.g. memorisation's nearest training item: its id and distance).
+    The engine saves them in the cell's ``eval.json`` under ``samples``, keyed by the saved
+    sample's name (``sample_00000``), as evidence for readers; they never enter the tables.
     """
 
     value: float
@@ -259,6 +264,7 @@ class MetricValue:
     per_item: list[float] | None = None
     components: dict[str, MetricValue] = field(default_factory=dict)
     counters: dict[str, float] = field(default_factory=dict)
+    item_details: list[dict[str, Any]] | None = None
 
 
 @runtime_checkable

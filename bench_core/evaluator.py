@@ -330,6 +330,8 @@ def _task_results(state: _TaskState, settings: EvalSettings, out_dir: Path, outc
             value = result.value
             entry = {"mean": value.value, "std": value.std, "n": value.n, "per_file": result.per_item}
             outcome.per_file.setdefault(task.name, {})[result.name] = entry
+        for name, entry in _sample_details(task, result, state.items).items():
+            outcome.per_file.setdefault(task.name, {}).setdefault(name, {}).update(entry)
     if task.kind != SAMPLE:
         spread = (state.pred_spread.compute(), state.target_spread.compute())
         outcome.rows.append(input_dependence_row(task.name, *spread, state.pred_spread.n))
@@ -342,6 +344,27 @@ def _task_results(state: _TaskState, settings: EvalSettings, out_dir: Path, outc
         path = out_dir / f"{task.name}_grid.png"
         save_grid(path, state.grid_rows)
         outcome.grids[task.name] = path.name
+
+
+def _sample_details(task: Task, result: Any, n_samples: int) -> dict[str, dict[str, Any]]:
+    """eval.json entries (metric row name -> entry) of a result's :attr:`MetricValue.item_details`, if any.
+
+    The details of sample ``j`` are keyed ``sample_{j:05d}``, the name its image is saved under.
+    """
+    value = result.value
+    parts = [(result.name, value)] + [(f"{result.name}.{k}", v) for k, v in value.components.items()]
+    entries = {}
+    for name, part in parts:
+        details = getattr(part, "item_details", None)
+        if details is None:
+            continue
+        if task.kind != SAMPLE or len(details) != n_samples:
+            where = f"{len(details)} item details on task {task.name}"
+            raise BenchError(f"metric {name}: {where}; item_details are one per generated sample ({n_samples}) "
+                             "of the sample task")  # fmt: skip
+        samples = {f"sample_{j:05d}": d for j, d in enumerate(details)}
+        entries[name] = {"mean": part.value, "std": part.std, "n": part.n, "samples": samples}
+    return entries
 
 
 def validation_score(job: EvalJob, settings: EvalSettings) -> float:

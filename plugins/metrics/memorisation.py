@@ -37,6 +37,10 @@ For every training item ``t``: ``d_T(t)``, the distance to its nearest *other* t
   sample task as ``sample/sample_{j:05d}.png``. Data-dependent entries live only here, in an
   unranked metric, so they never make the ranked columns "not comparable".
 
+Per generated sample, each metric also returns its nearest training item's id, the distance ``d(g)``
+and that item's ``d_T`` (:attr:`MetricValue.item_details`, per plane in 3D): the engine saves them
+in the cell's ``eval.json`` under ``samples``, keyed by the sample's image name.
+
 Distances are exact (float64, :mod:`._knn`; memory bounded by ``chunk_size``, time
 ``O(n_train (n_train + m) d)``). 3D volumes are compared per plane of centre slices, each a
 component ``name.<plane>``, the value their mean (see :mod:`.features`).
@@ -132,18 +136,29 @@ class TrainingSetMetric(FeatureMetricBase):
         if problem is not None:  # small splits cost this metric, not the cell's other numbers
             return self._unavailable(problem)
         settings = self.settings()
-        values, per_item, details = [], [], []
+        values, per_item, details, nearest_items = [], [], [], []
         for i in range(self.n_sets):
             train, test, fake = (np.concatenate(kept[i]) if kept[i] else None for kept in self._sets.values())
             check_features(self.name, train=train, generated=fake, **({"test": test} if test is not None else {}))
             t, f = _knn.prepare(torch.from_numpy(train), torch.from_numpy(fake))
             nearest2, nearest_idx = _knn.nearest(f, t, self.chunk_size)
             ((train_nn2, _),) = _knn.kth_neighbours(t, (1,), self.chunk_size)
-            value, items, extra = self._set_value(nearest2.sqrt(), nearest_idx, train_nn2.sqrt(), (train, test, fake))
+            nearest, train_nn = nearest2.sqrt(), train_nn2.sqrt()
+            value, items, extra = self._set_value(nearest, nearest_idx, train_nn, (train, test, fake))
             values.append(value)
             per_item.append(items)
             details.append(extra)
-        return self._per_plane(settings, values, details, per_item=per_item)
+            nearest_items.append(self._nearest_items(nearest, nearest_idx, train_nn))
+        return self._per_plane(settings, values, details, per_item=per_item, item_details=nearest_items)
+
+    def _nearest_items(
+        self, nearest: torch.Tensor, nearest_idx: torch.Tensor, train_nn: torch.Tensor
+    ) -> list[dict[str, Any]]:
+        """Per generated item: its nearest training item's id, the distance, and that item's own neighbour distance."""
+        return [
+            {"train_id": self.train_ids[j], "distance": d, "train_nn_distance": nn}
+            for j, d, nn in zip(nearest_idx.tolist(), nearest.tolist(), train_nn[nearest_idx].tolist(), strict=True)
+        ]
 
     def _too_few(self) -> str | None:
         """Why the items seen are too few for this metric, or None."""
