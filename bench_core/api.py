@@ -26,6 +26,13 @@ if TYPE_CHECKING:  # pragma: no cover - typing only
 API_VERSION = 1
 """Major version of the plugin API described in this module."""
 
+API_MINOR = 1
+"""Minor version: additions a plugin of the same major version may use, old forms kept working.
+
+1.1: a model's ``tasks`` (one-way translators), ``incompatibility(spec, config)``, per-modality
+value ranges in :class:`DataSpec` (``ranges``), the metric contract for undefined values.
+"""
+
 # Capabilities a model may declare; the engine derives evaluation tasks from them.
 RECONSTRUCT = "reconstruct"
 TRANSLATE = "translate"
@@ -33,6 +40,15 @@ SAMPLE = "sample"
 CAPABILITIES = frozenset({RECONSTRUCT, TRANSLATE, SAMPLE})
 
 SPLITS = ("train", "val", "test")
+
+TASK_ROLES: Mapping[str, str] = {
+    "recon": RECONSTRUCT, "A2A": RECONSTRUCT, "B2B": RECONSTRUCT, "A2B": TRANSLATE, "B2A": TRANSLATE, "sample": SAMPLE,
+}  # fmt: skip
+"""The task roles a model may list in its optional ``tasks`` attribute, each with the capability it needs.
+
+Paired data's tasks are named after its modalities (``ct2mr``); a role names a task by position
+(A: the first modality, B: the second), so one declaration fits every paired dataset.
+"""
 
 
 class BenchError(Exception):
@@ -196,8 +212,17 @@ class ModelPlugin(Protocol):
     - ``sample(n, temperature=1.0, generator=None) -> Tensor``: draw ``n`` images of the
       dataset's first modality.
 
+    Optional: ``tasks: frozenset[str]``, the task roles of :data:`TASK_ROLES` the model does,
+    for a model that does only some tasks of its capabilities: a one-way translator declares
+    ``capabilities = frozenset({TRANSLATE})`` and ``tasks = frozenset({"A2B"})`` and is never
+    asked for B2A. Default: every task of its capabilities. Each role needs its capability.
+
     Optional: ``evaluation_metrics(loader) -> dict[str, float]`` for model-specific numbers
     (codebook usage, ELBO, ...) stored alongside the metric plugins' values.
+
+    A task that raises while it is evaluated is recorded as failed, with the error, and the
+    cell keeps the other tasks' rows (the cell's ``details["failed_tasks"]``); a cell fails only
+    when every task does.
 
     Optional, for a model that reimplements published code: reading the checkpoints that
     code's own training script saves (``bench convert``, and a suite's ``load:`` of such a
@@ -225,8 +250,13 @@ class ModelPlugin(Protocol):
     def __init__(self, config: Mapping[str, Any], spec: DataSpec) -> None: ...
 
     @classmethod
-    def incompatibility(cls, spec: DataSpec) -> str | None:
-        """Why this model cannot serve a dataset with ``spec`` (``None`` when it can)."""
+    def incompatibility(cls, spec: DataSpec, config: Mapping[str, Any]) -> str | None:
+        """Why this model, with the resolved ``config``, cannot serve a dataset with ``spec`` (``None``: it can).
+
+        The engine asks before building the model, so ``__init__`` need not check again; the
+        cell is recorded as skipped with the reason. The API 1.0 form ``incompatibility(cls, spec)``
+        (no config) keeps working: the engine passes the config only to a method that takes it.
+        """
         ...
 
     def stages(self) -> list[TrainingStage]:

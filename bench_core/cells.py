@@ -20,7 +20,7 @@ from bench_core import baselines
 from bench_core.api import BenchError, DataSpec, cache_dir, merge_config
 from bench_core.baselines import BASELINES
 from bench_core.checkpoints import checkpoint_key
-from bench_core.evaluator import tasks_for
+from bench_core.evaluator import model_tasks, tasks_for
 from bench_core.fileio import remove_stale_temporaries
 from bench_core.plugins import Registry
 from bench_core.suite import DatasetEntry, ModelEntry, Suite
@@ -184,13 +184,13 @@ def baseline_cells(registry: Registry, datasets: Datasets, cells: list[Cell]) ->
             spec = datasets.get(entry).spec
         except BenchError:
             continue  # its cells fail with the reason
-        model_tasks = {
+        served = {
             t.name
             for c in cells if c.dataset.label == label
-            for t in tasks_for(frozenset(registry.get("model", c.model.plugin).cls.capabilities), spec)
+            for t in model_tasks(registry.get("model", c.model.plugin).cls, spec)
         }  # fmt: skip
         for cls in BASELINES:
-            tasks = tuple(t.name for t in tasks_for(cls.capabilities, spec) if t.name in model_tasks)
+            tasks = tuple(t.name for t in tasks_for(cls.capabilities, spec) if t.name in served)
             if tasks and cls().incompatibility(spec) is None:
                 out.append(BaselineCell(cls.name, entry, tasks))
     return out

@@ -22,7 +22,7 @@ from typing import Any
 
 from bench_core.api import API_VERSION, PluginError
 from bench_core.metric_reading import metric_reading
-from bench_core.plugins import KINDS, Registered, Registry
+from bench_core.plugins import KINDS, Registered, Registry, incompatibility_of
 
 FROM_THE_DATA = "from the data"
 """What a dataset's modalities or value range read as when the class does not declare them."""
@@ -72,7 +72,7 @@ def describe(entry: Registered) -> dict[str, Any]:
 
 
 def _model(cls: type) -> dict[str, Any]:
-    from bench_core.evaluator import tasks_for
+    from bench_core.evaluator import model_tasks
     from bench_core.testing import CANDIDATE_SPECS
 
     tasks = {}
@@ -81,12 +81,14 @@ def _model(cls: type) -> dict[str, Any]:
         label += f" ({'x'.join(map(str, spec.shape))})"
         if spec.dims not in cls.dims:
             tasks[label] = f"not served: {cls.name} handles {_dims(cls.dims)} data"
-        elif reason := cls.incompatibility(spec):
+        elif reason := incompatibility_of(cls, spec, cls.configs[cls.default_config]):
             tasks[label] = f"not served: {reason}"
         else:
-            tasks[label] = [task.name for task in tasks_for(cls.capabilities, spec)]
+            tasks[label] = [task.name for task in model_tasks(cls, spec)]
+    declared = getattr(cls, "tasks", None)
     return {
         "capabilities": sorted(cls.capabilities),
+        "declared_tasks": "all of its capabilities" if declared is None else sorted(declared),
         "dims": sorted(cls.dims),
         "tasks": tasks,
         "default_config": cls.default_config,
@@ -219,6 +221,10 @@ def render(registry: Registry, name: str | None, as_json: bool) -> str:
     return "\n\n".join(format_description(d) for d in descriptions)
 
 
+def _joined(value: str | list[str]) -> str:
+    return value if isinstance(value, str) else ", ".join(value)
+
+
 def format_description(desc: Mapping[str, Any]) -> str:
     """The terminal form of :func:`describe`'s output."""
     provider = desc["provider"]
@@ -230,11 +236,12 @@ def format_description(desc: Mapping[str, Any]) -> str:
     if desc["type"] == "model":
         lines += [
             f"  capabilities: {', '.join(desc['capabilities'])}",
+            f"  tasks: {_joined(desc['declared_tasks'])}",
             f"  dims: {_dims(desc['dims'])}",
             "  evaluation tasks on probe data:",
         ]
         for label, tasks in desc["tasks"].items():
-            lines.append(f"    {label}: {tasks if isinstance(tasks, str) else ', '.join(tasks)}")
+            lines.append(f"    {label}: {_joined(tasks)}")
         lines.append(f"  configs (default: {desc['default_config']}):")
         for config, values in desc["configs"].items():
             lines.append(f"    {config}:")

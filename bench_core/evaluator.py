@@ -21,7 +21,8 @@ from __future__ import annotations
 
 import functools
 import inspect
-from collections.abc import Callable, Mapping
+import shutil
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,20 +50,30 @@ class Task:
     target: str
 
 
-def tasks_for(capabilities: frozenset[str], spec: DataSpec) -> list[Task]:
-    """The evaluation tasks a model with ``capabilities`` can do on data with ``spec``."""
-    tasks = []
+def tasks_for(capabilities: frozenset[str], spec: DataSpec, declared: Iterable[str] | None = None) -> list[Task]:
+    """The evaluation tasks a model with ``capabilities`` can do on data with ``spec``.
+
+    ``declared``: the task roles the model does (its optional ``tasks`` attribute, see
+    :data:`bench_core.api.TASK_ROLES`); ``None`` keeps every task of the capabilities.
+    """
+    roles: list[tuple[str, Task]] = []
     if spec.paired:
         a, b = spec.modalities
         if RECONSTRUCT in capabilities:
-            tasks += [Task(f"{a}2{a}", RECONSTRUCT, a, a), Task(f"{b}2{b}", RECONSTRUCT, b, b)]
+            roles += [("A2A", Task(f"{a}2{a}", RECONSTRUCT, a, a)), ("B2B", Task(f"{b}2{b}", RECONSTRUCT, b, b))]
         if TRANSLATE in capabilities:
-            tasks += [Task(f"{a}2{b}", TRANSLATE, a, b), Task(f"{b}2{a}", TRANSLATE, b, a)]
+            roles += [("A2B", Task(f"{a}2{b}", TRANSLATE, a, b)), ("B2A", Task(f"{b}2{a}", TRANSLATE, b, a))]
     elif RECONSTRUCT in capabilities:
-        tasks.append(Task("recon", RECONSTRUCT, spec.modalities[0], spec.modalities[0]))
+        roles.append(("recon", Task("recon", RECONSTRUCT, spec.modalities[0], spec.modalities[0])))
     if SAMPLE in capabilities:
-        tasks.append(Task("sample", SAMPLE, None, spec.modalities[0]))
-    return tasks
+        roles.append(("sample", Task("sample", SAMPLE, None, spec.modalities[0])))
+    keep = None if declared is None else frozenset(declared)
+    return [task for role, task in roles if keep is None or role in keep]
+
+
+def model_tasks(model_cls: type, spec: DataSpec) -> list[Task]:
+    """The tasks of a model plugin class on ``spec``: its capabilities, narrowed by its ``tasks`` when declared."""
+    return tasks_for(frozenset(model_cls.capabilities), spec, getattr(model_cls, "tasks", None))
 
 
 class Spread:
@@ -120,6 +131,11 @@ class EvalOutcome:
     per_file: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
     grids: dict[str, str] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)  # task -> why it failed (its rows are left out)
+
+
+class TaskFailed(BenchError):
+    """A task's output cannot be scored (non-finite, wrong shape): that task fails, the others go on."""
 
 
 @dataclass(frozen=True)
@@ -162,8 +178,14 @@ def evaluate(job: EvalJob, settings: EvalSettings, out_dir: Path) -> EvalOutcome
                 _feed_batch(run, batch, preds)
     if not ddp.is_main():
         return outcome
-    _feed_training_items(job, states, settings)
-    for state in states:
+    live = [state for state in states if state.failed is None]
+    outcome.failed = {state.task.name: state.failed for state in states if state.failed is not None}
+    for name in outcome.failed if settings.save_images else ():
+        shutil.rmtree(out_dir / name, ignore_errors=True)  # images of the batches before it failed
+    if not live:
+        raise BenchError("every task failed: " + "; ".join(f"{k}: {v}" for k, v in outcome.failed.items()))
+    _feed_training_items(job, live, settings)
+    for state in live:
         _task_results(state, settings, out_dir, outcome)
     return outcome
 
@@ -202,6 +224,15 @@ class _TaskState:
         self.values_total = 0
         self.pred_spread, self.target_spread = Spread(), Spread()
         self.grid_rows: list[list[torch.Tensor]] = []  # columns of (gt, pred, |err|) or (source, sample)
+        self.failed: str | None = None  # why the task failed; it is then neither called nor fed again
+
+    def fail(self, exc: BaseException | str) -> None:
+        """Record the task as failed with the error's first line (the pass goes on with the other tasks)."""
+        if isinstance(exc, str):
+            self.failed = exc
+            return
+        text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        self.failed = text if isinstance(exc, BenchError) else f"{type(exc).__name__}: {text}".rstrip(": ")
 
     def keep_grid(self, pred01: torch.Tensor, target01: torch.Tensor, batch: dict[str, Any], size: int) -> None:
         """Keep the first ``size`` items of the pass as grid columns."""
@@ -250,9 +281,12 @@ def _local_outputs(run: _Pass, local: dict[str, Any] | None) -> tuple[dict[str, 
     local = to_device(local, settings.device)
     outputs = {}
     for state in run.states:
-        if state.task.kind != SAMPLE:
-            with state.meter.measure(len(local["id"])), autocast(settings.device, settings.precision):
-                outputs[state.task.name] = run.call(state.task, local, 0)
+        if state.task.kind != SAMPLE and state.failed is None:
+            try:
+                with state.meter.measure(len(local["id"])), autocast(settings.device, settings.precision):
+                    outputs[state.task.name] = run.call(state.task, local, 0)
+            except Exception as exc:  # a model may refuse or break on one task: the others still count
+                state.fail(exc)
     return local, outputs
 
 
@@ -260,20 +294,37 @@ def _feed_batch(run: _Pass, batch: dict[str, Any], preds: dict[str, torch.Tensor
     """Rank 0: feed one gathered batch to every task (samples drawn here), then save its ground truth."""
     settings, ids = run.settings, list(batch["id"])
     for state in run.states:
+        if state.failed is not None:
+            continue
         if state.task.kind != SAMPLE:
-            _feed_task(run, state, batch, preds[state.task.name], ids)
+            if state.task.name not in preds:
+                state.fail("failed on another rank (its error is in that rank's log)")
+            else:
+                _feed_checked(run, state, batch, preds[state.task.name], ids)
             continue
         # Samples are drawn against test images one for one, at most n_samples in all.
         n = min(len(ids), settings.n_samples - state.items)
         if n > 0:
-            with state.meter.measure(n), autocast(settings.device, settings.precision):
-                pred = run.call(state.task, batch, n)
-            _feed_task(run, state, batch, pred, ids[:n])
+            try:
+                with state.meter.measure(n), autocast(settings.device, settings.precision):
+                    pred = run.call(state.task, batch, n)
+            except Exception as exc:  # as for the other tasks: sampling failing keeps their rows
+                state.fail(exc)
+                continue
+            _feed_checked(run, state, batch, pred, ids[:n])
     if settings.save_images:
         spec = run.job.spec
         for modality in spec.modalities:
             folder = f"gt{modality}" if spec.paired else "gt"
             save_images(run.out_dir / folder, ids, to_unit(batch[modality].float(), *spec.value_range))
+
+
+def _feed_checked(run: _Pass, state: _TaskState, batch: dict[str, Any], pred: torch.Tensor, ids: list[str]) -> None:
+    """:func:`_feed_task`; a task whose output cannot be scored fails alone."""
+    try:
+        _feed_task(run, state, batch, pred, ids)
+    except TaskFailed as exc:
+        state.fail(exc)
 
 
 def _feed_task(run: _Pass, state: _TaskState, batch: dict[str, Any], pred: torch.Tensor, ids: list[str]) -> None:
@@ -282,10 +333,10 @@ def _feed_task(run: _Pass, state: _TaskState, batch: dict[str, Any], pred: torch
     state.items += n
     pred = pred.float()
     if not torch.isfinite(pred).all():
-        raise BenchError(f"task {task.name}: the model produced NaN or Inf values")
+        raise TaskFailed(f"task {task.name}: the model produced NaN or Inf values")
     target = batch[task.target][:n].float()
     if pred.shape != target.shape:
-        raise BenchError(
+        raise TaskFailed(
             f"task {task.name}: model output shape {tuple(pred.shape)} differs from the target's {tuple(target.shape)}"
         )
     lo, hi = run.job.spec.value_range
@@ -428,7 +479,8 @@ def _gather(local: dict[str, Any] | None, outputs: dict[str, torch.Tensor], devi
     for key, first in parts[0][0].items():
         pieces = [b[key] for b, _ in parts]
         batch[key] = torch.cat(pieces) if torch.is_tensor(first) else [x for piece in pieces for x in piece]
-    preds = {k: torch.cat([o[k] for _, o in parts]) for k in parts[0][1]}
+    # A task that failed on some rank is left out: rank 0 then records it as failed.
+    preds = {k: torch.cat([o[k] for _, o in parts]) for k in parts[0][1] if all(k in o for _, o in parts)}
     return to_device(batch, device), to_device(preds, device)
 
 

@@ -27,9 +27,18 @@ from bench_core.augment import PairedAugment
 from bench_core.baselines import BASELINES
 from bench_core.cells import BaselineCell, BuiltDataset, Cell, Datasets, SkipCell, model_config
 from bench_core.checkpoints import BEST_WEIGHTS, TRAIN_STATE, WEIGHTS, checkpoint_key, load_weights, save_weights
-from bench_core.evaluator import EvalJob, EvalOutcome, EvalSettings, Task, evaluate, tasks_for, validation_score
+from bench_core.evaluator import (
+    EvalJob,
+    EvalOutcome,
+    EvalSettings,
+    Task,
+    evaluate,
+    model_tasks,
+    tasks_for,
+    validation_score,
+)
 from bench_core.fileio import write_atomic
-from bench_core.plugins import Registry
+from bench_core.plugins import Registry, incompatibility_of
 from bench_core.rows import ResultRow, baseline_row, model_rows, stage_rows
 from bench_core.suite import Suite, Variant
 from bench_core.torchutil import compile_children, seed_everything
@@ -99,13 +108,13 @@ def prepare(run: RunContext, cell: Cell) -> CellContext:
     model_cls = registered.cls
     if spec.dims not in model_cls.dims:
         raise SkipCell(f"{model_cls.name} handles {sorted(model_cls.dims)}D data; {cell.dataset.label} is {spec.dims}D")
-    reason = model_cls.incompatibility(spec)
+    config = model_config(model_cls, cell.model)
+    reason = incompatibility_of(model_cls, spec, config)
     if reason:
         raise SkipCell(reason)
-    tasks = tasks_for(frozenset(model_cls.capabilities), spec)
+    tasks = model_tasks(model_cls, spec)
     if not tasks:
-        raise SkipCell(f"{model_cls.name} has no capability usable on {cell.dataset.label}")
-    config = model_config(model_cls, cell.model)
+        raise SkipCell(f"{model_cls.name} has no capability or task usable on {cell.dataset.label}")
     seed_everything(cell.seed, run.suite.deterministic)
     model = model_cls(config, spec).to(run.device)
     compiled = compile_children(model) if run.suite.compile and run.device.type == "cuda" else []
@@ -230,7 +239,8 @@ def evaluate_variants(ctx: CellContext) -> None:
         if not ctx.run.main:
             continue
         ctx.outcomes.append((index, variant, out_dir, outcome))
-        ctx.notes += [n if index == 0 else f"{variant.label}: {n}" for n in outcome.notes]
+        notes = outcome.notes + [f"task {task} failed: {why}" for task, why in outcome.failed.items()]
+        ctx.notes += [n if index == 0 else f"{variant.label}: {n}" for n in notes]
         if index == 0:  # the headline: the model's own metrics, of the same weights
             ctx.model_values = _model_values(ctx)
 
@@ -275,6 +285,8 @@ def record(ctx: CellContext) -> tuple[list[ResultRow], dict[str, Any]]:
         if index == 0:
             rows += model_rows(ctx.model_values, ctx.model_cls.name)
             details.update(cell_dir=str(ctx.cell_dir.relative_to(ctx.run.output_dir)), grids=outcome.grids)
+            if outcome.failed:  # the other tasks' rows are kept; the runner marks the cell with these
+                details["failed_tasks"] = dict(outcome.failed)
     if not rows:
         raise BenchError("no evaluation variant could run: " + "; ".join(ctx.notes))
     details["notes"] = ctx.notes

@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import functools
 import importlib
+import inspect
 import logging
 import os
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from importlib import metadata
 from types import ModuleType
@@ -23,7 +24,7 @@ from typing import Any, TypeVar
 import pluggy
 
 from bench_core import hookspecs
-from bench_core.api import API_VERSION, PluginError
+from bench_core.api import API_VERSION, TASK_ROLES, DataSpec, PluginError
 
 ENTRY_POINT_GROUP = "bench"
 KINDS = ("model", "dataset", "metric")
@@ -218,7 +219,42 @@ def _contract_problem(kind: str, cls: Any) -> str | None:
         return f"{kind} class {getattr(cls, '__name__', cls)!r} lacks {', '.join(missing)}"
     if int(cls.api_version) != API_VERSION:
         return f"{kind} {cls.name!r} targets plugin API v{cls.api_version}; this medgen-bench provides v{API_VERSION}"
+    return tasks_problem(cls) if kind == "model" else None
+
+
+def tasks_problem(cls: Any) -> str | None:
+    """Why a model's optional ``tasks`` attribute is invalid (unknown roles, roles without their capability)."""
+    declared = getattr(cls, "tasks", None)
+    if declared is None:
+        return None
+    if isinstance(declared, str) or not all(isinstance(t, str) for t in declared):
+        return f"model {cls.name!r}: tasks must be a set of task roles, got {declared!r}"
+    unknown = sorted(set(declared) - set(TASK_ROLES))
+    if unknown:
+        return f"model {cls.name!r}: unknown task {', '.join(unknown)}; roles: {', '.join(sorted(TASK_ROLES))}"
+    missing = sorted(t for t in declared if TASK_ROLES[t] not in cls.capabilities)
+    if missing:
+        needs = ", ".join(f"{t} needs {TASK_ROLES[t]!r}" for t in missing)
+        return f"model {cls.name!r}: tasks without their capability ({needs}); capabilities: {sorted(cls.capabilities)}"
     return None
+
+
+def incompatibility_of(cls: type, spec: DataSpec, config: Mapping[str, Any]) -> str | None:
+    """Why model class ``cls`` with the resolved ``config`` cannot serve ``spec`` (``None``: it can).
+
+    Calls ``cls.incompatibility(spec, config)``, or ``cls.incompatibility(spec)`` for a model
+    written against API 1.0 whose method takes no config.
+    """
+    if _takes_config(cls.incompatibility):
+        return cls.incompatibility(spec, config)
+    return cls.incompatibility(spec)
+
+
+def _takes_config(method: Callable[..., Any]) -> bool:
+    params = inspect.signature(method).parameters.values()
+    if any(p.kind is inspect.Parameter.VAR_POSITIONAL for p in params):
+        return True
+    return sum(p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) for p in params) >= 2
 
 
 def _new_manager() -> pluggy.PluginManager:

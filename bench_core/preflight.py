@@ -17,7 +17,7 @@ import torch
 
 from bench_core.api import BenchError, DataSpec
 from bench_core.cells import Cell, Datasets, model_config
-from bench_core.plugins import Registry
+from bench_core.plugins import Registry, incompatibility_of
 from bench_core.suite import DatasetEntry, Suite, unmet_requirements
 
 
@@ -109,7 +109,7 @@ def unknown_options(cls: type, options: dict[str, Any], exclude: tuple[str, ...]
 
 def _build_problem(cls: type, config: dict[str, Any], spec: DataSpec) -> str | None:
     """Why ``cls(config, spec)`` cannot be built, tried on the meta device; ``None`` when it can."""
-    if spec.dims not in cls.dims or cls.incompatibility(spec):
+    if spec.dims not in cls.dims or incompatibility_of(cls, spec, config):
         return None  # recorded as skipped when it runs
     try:
         with torch.device("meta"):

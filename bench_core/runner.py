@@ -159,7 +159,9 @@ class Runner:
         details["seconds"] = time.time() - started
         rows = [row.with_provenance(suite_hash=self.suite.source_hash, git=env["git"], packages=env["packages"],
                                     device=env["device"]) for row in rows]  # fmt: skip
-        return "done", None, details, rows
+        failed = details.get("failed_tasks")  # a task that failed alone: the cell is done with the rest
+        reason = "failed tasks: " + "; ".join(f"{k}: {v}" for k, v in failed.items()) if failed else None
+        return "done", _short(reason) if reason else None, details, rows
 
 
 def _failure() -> Outcome:

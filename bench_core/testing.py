@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from bench_core.api import API_VERSION, CAPABILITIES, RECONSTRUCT, SAMPLE, SPLITS, TRANSLATE, DataSpec, MetricValue
+from bench_core.plugins import incompatibility_of, tasks_problem
 
 # Specs tried, in order, when the caller gives none: the first the model accepts is used.
 CANDIDATE_SPECS = (
@@ -117,12 +118,15 @@ def _model_config_and_spec(cls: type, config: str | None, spec: DataSpec | None)
     assert cls.default_config in cls.configs, f"{cls.name}: default_config {cls.default_config!r} not in configs"
     config_name = config or cls.default_config
     assert config_name in cls.configs, f"{cls.name}: no config {config_name!r}"
+    assert (problem := tasks_problem(cls)) is None, problem
+    config = dict(cls.configs[config_name])
     if spec is None:
-        accepted = [s for s in CANDIDATE_SPECS if s.dims in cls.dims and cls.incompatibility(s) is None]
+        accepted = [s for s in CANDIDATE_SPECS if s.dims in cls.dims and incompatibility_of(cls, s, config) is None]
         assert accepted, f"{cls.name}: accepts none of the conformance specs; pass spec= explicitly"
         spec = accepted[0]
-    assert cls.incompatibility(spec) is None, f"{cls.name}: refuses the given spec: {cls.incompatibility(spec)}"
-    return dict(cls.configs[config_name]), spec
+    reason = incompatibility_of(cls, spec, config)
+    assert reason is None, f"{cls.name}: refuses the given spec: {reason}"
+    return config, spec
 
 
 def _check_stages(model: Any, cls: type, spec: DataSpec, steps: int, tmp: Path) -> None:
@@ -148,23 +152,20 @@ def _check_stages(model: Any, cls: type, spec: DataSpec, steps: int, tmp: Path) 
 def _capability_outputs(model, cls, spec: DataSpec, batch: dict[str, Any]) -> dict[str, Any]:
     import torch
 
+    from bench_core.evaluator import model_tasks
+
     out = {}
     with torch.no_grad():
-        for modality, channels in zip(spec.modalities, spec.channels, strict=True):
-            if RECONSTRUCT in cls.capabilities:
-                y = model.reconstruct(batch[modality], modality)
-                _check_output(cls, f"reconstruct({modality})", y, (3, channels, *spec.shape))
-                out[f"{modality}2{modality}"] = y
-        if TRANSLATE in cls.capabilities and spec.paired:
-            a, b = spec.modalities
-            for src, dst in ((a, b), (b, a)):
-                y = model.translate(batch[src], src, dst)
-                _check_output(cls, f"translate({src}->{dst})", y, (3, spec.channels_of(dst), *spec.shape))
-                out[f"{src}2{dst}"] = y
-        if SAMPLE in cls.capabilities:
-            y = model.sample(2, temperature=1.0, generator=torch.Generator().manual_seed(0))
-            _check_output(cls, "sample", y, (2, spec.channels[0], *spec.shape))
-            out[SAMPLE] = y
+        for task in model_tasks(cls, spec):  # the tasks the engine would evaluate: declared ones only
+            if task.kind == RECONSTRUCT:
+                y, what, n = model.reconstruct(batch[task.source], task.source), f"reconstruct({task.source})", 3
+            elif task.kind == TRANSLATE:
+                y, n = model.translate(batch[task.source], task.source, task.target), 3
+                what = f"translate({task.source}->{task.target})"
+            else:
+                y, what, n = model.sample(2, temperature=1.0, generator=torch.Generator().manual_seed(0)), SAMPLE, 2
+            _check_output(cls, what, y, (n, spec.channels_of(task.target), *spec.shape))
+            out[task.name] = y
     return out
 
 

@@ -154,6 +154,24 @@ class ToyAE(nn.Module):
         return {"pid": float(os.getpid() > 0)}
 
 
+class ToyRefuser(ToyAE):
+    """Declares translation both ways but refuses B2A, as a one-way model written before ``tasks`` existed."""
+
+    name = "toy-refuser"
+
+    def translate(self, x, source, target):
+        if source == "B":
+            raise NotImplementedError("toy-refuser translates A to B only")
+        return super().translate(x, source, target)
+
+
+class ToyOneWay(ToyRefuser):
+    """A one-way translator that says so: the engine never asks it for B2A."""
+
+    name = "toy-oneway"
+    tasks = frozenset({"A2A", "B2B", "A2B"})
+
+
 class Toy3D(nn.Module):
     """A model that only handles volumes: pairing it with 2D data must be skipped."""
 
@@ -231,7 +249,7 @@ class MeanGap:
 
 @hookimpl
 def bench_models():
-    return [ToyAE, Toy3D]
+    return [ToyAE, Toy3D, ToyRefuser, ToyOneWay]
 
 
 @hookimpl
