@@ -9,6 +9,7 @@ Datasets are built once per run and shared by their cells (:class:`Datasets`).
 
 from __future__ import annotations
 
+import difflib
 import fnmatch
 import os
 import shutil
@@ -72,8 +73,17 @@ class SkipCell(Exception):
 
 
 def plan(suite: Suite, only: list[str] | None = None) -> list[Cell]:
-    """The cells of ``suite`` after ``include``/``exclude`` and ``--only`` (glob patterns)."""
+    """The cells of ``suite`` after ``include``/``exclude`` and ``--only`` (glob patterns).
+
+    A pattern that matches none of the suite's cells is an error naming it and the nearest
+    cell id (a typo would otherwise drop cells silently).
+    """
     cells = [Cell(m, d, s) for m in suite.models for d in suite.datasets for s in suite.seeds]
+    ids = [c.id for c in cells]
+    for option, patterns in (("include", suite.include), ("exclude", suite.exclude), ("--only", only or [])):
+        for pattern in patterns:
+            if not fnmatch.filter(ids, pattern):
+                raise BenchError(_no_match(option, pattern, ids))
 
     def keep(cell: Cell) -> bool:
         if suite.include and not any(fnmatch.fnmatch(cell.id, p) for p in suite.include):
@@ -83,6 +93,16 @@ def plan(suite: Suite, only: list[str] | None = None) -> list[Cell]:
         return not only or any(fnmatch.fnmatch(cell.id, p) for p in only)
 
     return [c for c in cells if keep(c)]
+
+
+def _no_match(option: str, pattern: str, ids: list[str]) -> str:
+    """The error of a pattern that matches no cell id: the pattern, the nearest id, the form of ids."""
+    nearest = difflib.get_close_matches(pattern, ids, n=1, cutoff=0.0)
+    hint = f"; the nearest cell is {nearest[0]!r}" if nearest else ""
+    return (
+        f"{option} pattern {pattern!r} matches no cell of the suite{hint} "
+        f"(cell ids are model/dataset/seedN, glob patterns: *, ?, [...])"
+    )
 
 
 @dataclass(frozen=True)
