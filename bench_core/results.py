@@ -34,7 +34,7 @@ class StoredResults:
     results: list[ResultRow]
     cells: list[dict[str, Any]]
     evals: dict[str, dict[str, Any]] = field(default_factory=dict)  # cell_key -> parsed eval.json
-    per_item: dict[tuple[str, str, str], list[float]] = field(default_factory=dict)
+    per_item: dict[tuple[str, str, str], dict[str, float]] = field(default_factory=dict)  # item id -> value
     by_cell: dict[str, list[ResultRow]] = field(default_factory=dict)  # cell_key -> its result rows
     superseded: int = 0  # cells of earlier versions of the suite, left out of (or relabelled in) the data
 
@@ -133,7 +133,7 @@ def _read_eval(data: StoredResults, cell: dict[str, Any]) -> None:
         for metric, entry in metrics.items():
             values = entry.get("per_file") if isinstance(entry, dict) else None
             if values:
-                data.per_item[(cell["cell_key"], task, metric)] = [values[k] for k in sorted(values)]
+                data.per_item[(cell["cell_key"], task, metric)] = {k: values[k] for k in sorted(values)}
 
 
 def eval_json_problem(parsed: Any) -> str | None:

@@ -1,4 +1,7 @@
-"""Interval estimates for the report: seeded percentile bootstrap of a mean, and overlap tests.
+"""Interval estimates and paired tests for the report.
+
+A seeded percentile bootstrap of a mean, interval overlap, the Wilcoxon signed-rank test of
+two paired samples (scipy) and Holm's step-down correction of a family of p-values.
 
 The bootstrap is deterministic: the resampling indices depend only on the sample size, the
 number of resamples and a fixed seed, so rebuilding a report from the same store gives the
@@ -64,3 +67,38 @@ def bootstrap_ci(
 def overlaps(a: tuple[float, float], b: tuple[float, float]) -> bool:
     """Whether two closed intervals share at least one point."""
     return a[0] <= b[1] and b[0] <= a[1]
+
+
+SIGNIFICANCE = 0.05
+"""Level below which a Holm-corrected paired test calls two models different."""
+
+
+def wilcoxon_p(a: Sequence[float], b: Sequence[float]) -> tuple[float, int] | None:
+    """Two-sided p-value of the Wilcoxon signed-rank test of paired ``a`` and ``b``, and the pair count.
+
+    Pairs with a non-finite side are dropped; zero differences are dropped too (Wilcoxon's
+    convention). ``None`` when fewer than two pairs remain to test; identical samples (every
+    difference zero) are not different: p = 1.
+    """
+    if len(a) != len(b):
+        raise ValueError(f"paired samples differ in length: {len(a)} and {len(b)}")
+    pairs = [(float(x), float(y)) for x, y in zip(a, b, strict=True) if math.isfinite(x) and math.isfinite(y)]
+    if len(pairs) < 2:
+        return None
+    differences = np.array([x - y for x, y in pairs])
+    if not differences.any():
+        return 1.0, len(pairs)
+    from scipy.stats import wilcoxon  # scipy is imported by the report only, and only when there is a test
+
+    return float(wilcoxon(differences, zero_method="wilcox", alternative="two-sided").pvalue), len(pairs)
+
+
+def holm(pvalues: Sequence[float]) -> list[float]:
+    """Holm's step-down adjusted p-values, in the order given (each capped at 1, never below an earlier one)."""
+    order = sorted(range(len(pvalues)), key=lambda i: pvalues[i])
+    adjusted = [0.0] * len(pvalues)
+    running = 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (len(pvalues) - rank) * pvalues[i]))
+        adjusted[i] = running
+    return adjusted

@@ -5,8 +5,13 @@ when there are several and the spread over test items otherwise (marked as such)
 seeded bootstrap 95% interval of the mean: over seeds when there are at least two, else
 over the per-item values of the one seed when the evaluator stored them. The best value
 per column is marked only among rows whose metric settings agree, so numbers computed
-differently are never ranked against each other; rows whose interval overlaps the best's
-are marked as ties. HTML, Markdown and LaTeX all render these same objects with the same
+differently are never ranked against each other. Whether another row differs from the best
+is a paired question (the models of a dataset are scored on the same test items): per column,
+a Wilcoxon signed-rank test of each row against the best, on the per-item values of single-
+seed cells or on the per-seed values when both have several seeds, Holm-corrected across the
+column; a row not significantly different at 0.05 is marked as a tie. Where no paired test
+is possible (a distribution metric of one seed), a row whose interval overlaps the best's is
+a tie. HTML, Markdown and LaTeX all render these same objects with the same
 formatting methods, so the three show the same numbers.
 
 Tables are read against references. Baseline rows (``kind = "baseline"``: the mean
@@ -25,17 +30,40 @@ import json
 import math
 import statistics
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from bench_core.rows import ResultRow, as_row
-from bench_core.stats import bootstrap_ci, overlaps
+from bench_core.stats import SIGNIFICANCE, bootstrap_ci, holm, overlaps, wilcoxon_p
 
 _TASK_ORDER = {"recon": 0, "A2A": 1, "B2B": 2, "A2B": 3, "B2A": 4, "sample": 5, "train": 8, "model": 9}
 
-PerItem = Mapping[tuple[str, str, str], Sequence[float]]
-"""Per-item metric values keyed by (cell_key, task, metric), as read from the cells' eval.json."""
+PerItem = Mapping[tuple[str, str, str], Mapping[str, float]]
+"""Per-item values (item id -> value, in id order) keyed by (cell_key, task, metric), from the eval.json files."""
+
+PAIRED_TEST = "Wilcoxon signed-rank"
+
+
+@dataclass
+class PairedTest:
+    """A row's paired test against the best of its column.
+
+    ``over`` says what was paired: ``"items"`` (the per-item values of one seed each, paired by
+    item id) or ``"seeds"`` (per-seed values, paired by seed); ``n`` the number of pairs.
+    """
+
+    over: str
+    n: int
+    p: float
+    p_holm: float = float("nan")  # Holm-corrected across the column's tests
+
+    def text(self) -> str:
+        """What a reader sees when hovering the value."""
+        what = "per-item values" if self.over == "items" else "per-seed values"
+        verdict = "not significantly different from" if self.p_holm >= SIGNIFICANCE else "significantly different from"
+        return (f"{verdict} the best ({PAIRED_TEST} on {what}, n={self.n}: p={self.p:.3g}, "
+                f"Holm-corrected p={self.p_holm:.3g})")  # fmt: skip
 
 
 @dataclass
@@ -53,7 +81,9 @@ class Aggregate:
     seeds: list[int] = field(default_factory=list)
     ci: tuple[float, float] | None = None
     ci_over: str = ""  # "seeds" | "items" | ""
-    tie: bool = False  # not the best, but its interval overlaps the best's
+    tie: bool = False  # not the best, but not significantly different from it (see PairedTest)
+    test: PairedTest | None = None  # against the best of its column; None when no paired test was possible
+    items: Mapping[str, float] | None = None  # per-item values of a one-seed aggregate, by item id
     settings: dict[str, Any] = field(default_factory=dict)
     below_baseline: bool = False  # its interval does not beat the mean-image baseline
 
@@ -92,6 +122,7 @@ class Table:
     metrics: list[tuple[str, bool | None]]  # (name, higher_is_better)
     rows: dict[str, dict[str, Aggregate]] = field(default_factory=dict)
     incomparable: list[str] = field(default_factory=list)
+    tests: dict[str, str] = field(default_factory=dict)  # metric -> which paired test its ties come from
     why: dict[str, str] = field(default_factory=dict)  # incomparable metric -> which settings differ, and how
     baselines: dict[str, dict[str, Aggregate]] = field(default_factory=dict)  # label -> metric -> value
     flags: dict[str, list[str]] = field(default_factory=dict)  # model -> what a reader must know about its row
@@ -224,9 +255,11 @@ def aggregate(rows: Iterable[ResultRow], per_item: PerItem | None = None) -> Agg
         agg.ci, agg.ci_over = bootstrap_ci(values), "seeds"
     elif len(kept) == 1 and kept[0].ci_low is not None and kept[0].ci_high is not None:
         agg.ci, agg.ci_over = (kept[0].ci_low, kept[0].ci_high), "items"  # stored at evaluation
-    elif len(kept) == 1 and per_item is not None:  # stores written before intervals were stored
-        items = per_item.get((kept[0].cell_key, kept[0].task, kept[0].metric))
-        if items is not None and (ci := bootstrap_ci(items)) is not None:
+    if len(kept) == 1 and per_item is not None:
+        agg.items = per_item.get((kept[0].cell_key, kept[0].task, kept[0].metric))
+        # Stores written before intervals were stored: the interval from the per-item values.
+        ci = bootstrap_ci(list(agg.items.values())) if agg.ci is None and agg.items is not None else None
+        if ci is not None:
             agg.ci, agg.ci_over = ci, "items"
     return agg
 
@@ -245,11 +278,43 @@ def _mark_best(table: Table, by_model: dict[str, dict[str, list[ResultRow]]]) ->
         if not finite:
             continue
         best = max(a.mean for a in finite) if higher else min(a.mean for a in finite)
-        best_interval = next(a.ci or (a.mean, a.mean) for a in finite if a.mean == best)
+        leader = next(a for a in finite if a.mean == best)
         for agg in finite:
             agg.best = agg.mean == best
-            # A tie needs an interval on at least one side; two bare points tie only if equal (then both are best).
-            agg.tie = not agg.best and overlaps(agg.ci or (agg.mean, agg.mean), best_interval)
+            # Without a paired test a tie needs an interval on at least one side; two bare points tie
+            # only if equal (then both are best).
+            agg.tie = not agg.best and overlaps(agg.ci or (agg.mean, agg.mean), leader.ci or (leader.mean, leader.mean))
+        _paired_ties(table, metric, leader, [a for a in finite if not a.best])
+
+
+def _paired_ties(table: Table, metric: str, leader: Aggregate, others: list[Aggregate]) -> None:
+    """Test each of ``others`` against the column's best; Holm-correct the column; ties are the non-significant."""
+    tested = [(agg, test) for agg in others if (test := paired_test(agg, leader)) is not None]
+    for (agg, test), adjusted in zip(tested, holm([t.p for _, t in tested]), strict=True):
+        test.p_holm = adjusted
+        agg.test, agg.tie = test, adjusted >= SIGNIFICANCE
+    kinds = sorted({"per-item values" if t.over == "items" else "per-seed values" for _, t in tested})
+    if kinds:
+        plural = "s" if len(tested) != 1 else ""
+        table.tests[metric] = (f"{PAIRED_TEST} against the best on {' and '.join(kinds)}, "
+                               f"Holm-corrected over {len(tested)} comparison{plural}")  # fmt: skip
+
+
+def paired_test(agg: Aggregate, best: Aggregate) -> PairedTest | None:
+    """``agg`` against ``best``: per-seed values when both have several seeds, else per-item values of one seed each.
+
+    Pairs are matched by seed or by item id; ``None`` when fewer than two pairs exist.
+    """
+    if len(agg.values) > 1 and len(best.values) > 1:
+        mine, theirs = dict(zip(agg.seeds, agg.values, strict=True)), dict(zip(best.seeds, best.values, strict=True))
+        over = "seeds"
+    elif agg.items is not None and best.items is not None and len(agg.values) == len(best.values) == 1:
+        mine, theirs, over = agg.items, best.items, "items"
+    else:
+        return None
+    common = sorted(set(mine) & set(theirs))
+    result = wilcoxon_p([mine[k] for k in common], [theirs[k] for k in common])
+    return None if result is None else PairedTest(over, result[1], result[0])
 
 
 def _explain(rows: list[tuple[str, ResultRow]]) -> str:
@@ -293,8 +358,9 @@ def to_markdown(tables: list[Table]) -> str:
 
 _LEGEND = (
     "Values: mean ± σ over seeds († σ over test items, when one seed) [bootstrap 95% CI of the mean]; "
-    "bold: best in column; ≈: interval overlaps the best's; ▽: does not beat the mean-image baseline; "
-    "baseline rows are never ranked."
+    "bold: best in column; ≈: not significantly different from the best (paired Wilcoxon signed-rank, "
+    "Holm-corrected, 0.05; interval overlap where no paired test is possible); "
+    "▽: does not beat the mean-image baseline; baseline rows are never ranked."
 )
 
 

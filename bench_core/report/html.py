@@ -317,6 +317,8 @@ def tables_json(tables: list[Table]) -> list[dict[str, Any]]:
             "mean": agg.sort_value, "spread": agg.spread, "spread_over": agg.spread_over, "n_seeds": agg.n_seeds,
             "n_items": agg.n_items, "values": agg.values, "seeds": agg.seeds, "ci95": list(agg.ci) if agg.ci else None,
             "ci_over": agg.ci_over, "best": agg.best, "tie": agg.tie, "settings": agg.settings,
+            "test": None if agg.test is None else {"over": agg.test.over, "n": agg.test.n, "p": agg.test.p,
+                                                   "p_holm": agg.test.p_holm, "text": agg.test.text()},
             "text": agg.text(), "ci_text": agg.ci_text(), "below_baseline": agg.below_baseline,
         }  # fmt: skip
 
@@ -329,6 +331,7 @@ def tables_json(tables: list[Table]) -> list[dict[str, Any]]:
             "baselines": {name: {m: cell(a) for m, a in aggs.items()} for name, aggs in t.baselines.items()},
             "flags": t.flags,
             "not_ranked": {m: t.why[m] for m in t.incomparable},
+            "paired_tests": t.tests,
         }
         for t in tables
     ]

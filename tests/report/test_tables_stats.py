@@ -43,15 +43,18 @@ def test_chunked_bootstrap_draws_the_same_resamples(monkeypatch):
 
 
 def test_interval_over_seeds_else_items_and_ties():
-    per_item = {("b0", "recon", "m"): [0.55, 0.6, 0.65, 0.7], ("c0", "recon", "m"): [0.1, 0.12, 0.11, 0.13]}
+    items = {"b0": [0.55, 0.6, 0.65, 0.7], "c0": [0.1, 0.12, 0.11, 0.13]}
+    per_item = {(key, "recon", "m"): {f"i{i}": v for i, v in enumerate(values)} for key, values in items.items()}
     (table,) = build_tables(rows(("a", 0, 0.5, None), ("a", 1, 0.7, None), ("b", 0, 0.62, None),
                                  ("c", 0, 0.115, None)), per_item)  # fmt: skip
     a, b, c = (table.rows[m]["m"] for m in "abc")
     assert a.ci == (0.5, 0.7) and a.ci_over == "seeds" and a.values == [0.5, 0.7] and a.seeds == [0, 1]
-    assert b.ci_over == "items" and b.ci == stats.bootstrap_ci(per_item[("b0", "recon", "m")])
+    assert b.ci_over == "items" and b.ci == stats.bootstrap_ci(items["b0"])
     assert b.best and not a.best
-    assert a.tie  # [0.5, 0.7] overlaps b's interval around 0.62
-    assert not c.tie and not c.best  # [0.1, 0.13] is far below
+    assert a.tie and a.test is None  # no pairs (two seeds against one): [0.5, 0.7] overlaps b's interval
+    # c is below on all 4 items, but 4 pairs cannot reach 0.05: exact two-sided p = 2 / 2**4.
+    assert not c.best and c.test.over == "items" and c.test.n == 4 and c.test.p == c.test.p_holm == 0.125
+    assert c.tie
     assert b.ci_text() == f"[{b.ci[0]:.4g}, {b.ci[1]:.4g}]"
     (no_items,) = build_tables(rows(("x", 0, 0.5, None)))
     assert no_items.rows["x"]["m"].ci is None and no_items.rows["x"]["m"].ci_text() == "n/a"
