@@ -9,10 +9,11 @@ same type back from the store (:meth:`ResultRow.from_stored`).
 Settings and counters are kept apart. ``settings`` are the choices that change a number
 (data range, window, preset...); values whose settings differ are never ranked together.
 ``counters`` describe the data a number was computed on (predictions clamped into the data
-range, negative eigenvalues clipped); they never split a ranking. Stores written before
-counters had a column of their own, and metric plugins that still report their counters in
-``settings()``, are read the same way: the counter names of :data:`COUNTERS` are moved out
-of the settings by :func:`split_counters`.
+range, negative eigenvalues clipped); they never split a ranking. Metric plugins report theirs
+in ``MetricValue.counters``; the engine adds its own (predictions clamped). Stores written
+before counters had a column of their own, and metric plugins written before
+``MetricValue.counters`` that still report counts in ``settings()``, are read the same way:
+the counter names of :data:`COUNTERS` are moved out of the settings by :func:`split_counters`.
 """
 
 from __future__ import annotations
@@ -30,11 +31,10 @@ ROW_KINDS = ("metric", "throughput", "memory", "training", "model", "baseline", 
 a model's own evaluation metric, a baseline's metric value, or a diagnostic (e.g. input dependence)."""
 
 COUNTERS = frozenset({"pred_clamped", "pred_values", "clamped", "clamped_values", "negative_eigenvalues_clipped"})
-"""Counter names found in settings: the engine's clamp counts and those metric plugins report in ``settings()``."""
+"""Counter names found in settings: older stores' rows, metric plugins written before ``MetricValue.counters``."""
 
 INPUT_DEPENDENCE_FLAG = 0.05
 """Below this ratio of output spread to target spread, a task's output does not depend on its input."""
-
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -116,9 +116,10 @@ def split_counters(settings: Mapping[str, Any]) -> tuple[dict[str, Any], dict[st
 def metric_rows(task: str, computed: Any, counters: Mapping[str, Any]) -> list[ResultRow]:
     """A metric plugin's value of ``task`` as rows: the headline, then one per component (``name.part``).
 
-    ``computed`` is a :class:`bench_core.feeder.Computed`; ``counters`` are the engine's counts for
-    the task (clamped predictions). The headline row carries the seeded bootstrap 95% interval of
-    the mean over the per-item values, when the metric returned any.
+    ``computed`` is a :class:`bench_core.feeder.Computed`; each row's counters are its value's
+    ``MetricValue.counters`` and ``counters``, the engine's counts for the task (clamped
+    predictions). The headline row carries the seeded bootstrap 95% interval of the mean over
+    the per-item values, when the metric returned any.
     """
     cls, value = computed.cls, computed.value
     reading = metric_reading(cls)  # stored, so the report reads a metric as its plugin says
@@ -129,7 +130,7 @@ def metric_rows(task: str, computed: Any, counters: Mapping[str, Any]) -> list[R
         rows.append(ResultRow(
             task=task, metric=name, value=part.value, std=part.std, n=part.n,
             higher_is_better=cls.higher_is_better, settings=settings,
-            counters={**own, **(getattr(part, "counters", None) or {}), **counters},
+            counters={**own, **part.counters, **counters},
             provenance={"plugin": computed.name, "version": cls.version, "description": reading.description,
                         "headline": reading.headline and name == computed.name},  # components never lead
         ))  # fmt: skip

@@ -86,14 +86,15 @@ class PerItemAccumulator:
         """Forget every value seen."""
         self._values = []
 
-    def summary(self, settings: dict) -> MetricValue:
-        """Mean and population std of the values seen; raises BenchError if there are none."""
+    def summary(self, settings: dict, counters: dict[str, float] | None = None) -> MetricValue:
+        """Mean and population std of the values seen, with ``settings`` and ``counters``; BenchError if none."""
         n = len(self._values)
         if n == 0:
             raise BenchError(f"{self._metric}: no samples seen; call update() before compute()")
         mean = math.fsum(self._values) / n
         var = math.fsum((v - mean) ** 2 for v in self._values) / n
-        return MetricValue(value=mean, std=math.sqrt(var), n=n, settings=settings, per_item=list(self._values))
+        return MetricValue(value=mean, std=math.sqrt(var), n=n, settings=settings, per_item=list(self._values),
+                           counters=dict(counters or {}))  # fmt: skip
 
 
 class Reservoir:
@@ -138,8 +139,9 @@ class PairedMetric(ABC):
     """Shared body of the per-item paired metrics (PSNR, SSIM, MS-SSIM).
 
     Validates the common options, checks shapes and ranges on each update, accumulates the
-    per-item values and counts clamped inputs. A subclass sets the plugin class attributes,
-    implements :meth:`per_item` and adds its own entries to :meth:`settings`.
+    per-item values and counts clamped inputs (the value's ``counters["clamped_values"]``). A
+    subclass sets the plugin class attributes, implements :meth:`per_item` and adds its own
+    entries to :meth:`settings`.
     """
 
     def __init__(self, data_range: float, dims: int, out_of_range: str) -> None:
@@ -169,7 +171,7 @@ class PairedMetric(ABC):
 
     def compute(self) -> MetricValue:
         """Mean and population std of the per-item values over everything seen since reset."""
-        return self._values.summary(self.settings())
+        return self._values.summary(self.settings(), {"clamped_values": self._clamped})
 
     def reset(self) -> None:
         """Forget accumulated values and the clamp count."""
@@ -184,5 +186,4 @@ class PairedMetric(ABC):
             "std": STD_KIND,
             "out_of_range": self.out_of_range,
             "range_tolerance": RANGE_TOLERANCE * self.data_range,
-            "clamped_values": self._clamped,
         }

@@ -164,7 +164,8 @@ class FeatureMetricBase(ABC):
     update, one per feature set (one set in 2D; in 3D one per plane of :data:`.planes.PLANES`,
     in that order). Options: ``features`` (``"inception"`` or ``"pyramid"``), and for Inception
     ``weights``, ``feature_dims`` and ``feature_cache=False`` (keeps features off the on-disk
-    cache); ``out_of_range``.
+    cache); ``out_of_range``. Every value it builds carries the clamp count in its ``counters``
+    (:meth:`_counters`), never in its settings.
     """
 
     name = "feature-metric"
@@ -240,7 +241,11 @@ class FeatureMetricBase(ABC):
 
     def _unavailable(self, reason: str | None = None) -> MetricValue:
         settings = {**self.settings(), "status": "unavailable", "reason": reason or self.space.reason}
-        return MetricValue(value=float("nan"), std=None, n=self.n_fake, settings=settings)
+        return MetricValue(value=float("nan"), std=None, n=self.n_fake, settings=settings, counters=self._counters())
+
+    def _counters(self) -> dict[str, float]:
+        """What happened to the inputs since reset: values clamped into ``[0, data_range]``."""
+        return {"clamped_values": self._clamped}
 
     @abstractmethod
     def settings(self) -> dict[str, Any]:
@@ -257,7 +262,6 @@ class FeatureMetricBase(ABC):
             "n_fake": self.n_fake,
             "out_of_range": self.out_of_range,
             "range_tolerance": RANGE_TOLERANCE * self.data_range,
-            "clamped_values": self._clamped,
         }
         if self.spatial_dims == 3:
             settings["planes"] = (
@@ -273,10 +277,14 @@ class FeatureMetricBase(ABC):
     def _component(
         self, settings: dict[str, Any], plane: str, value: float, std: float | None, **extra: Any
     ) -> MetricValue:
-        """One plane's value as a :attr:`MetricValue.components` entry (row ``<metric>.<plane>``)."""
+        """One plane's value as a :attr:`MetricValue.components` entry (row ``<metric>.<plane>``).
+
+        Its counters are the metric's (:meth:`_counters`) and any ``counters`` in ``extra`` (the plane's own).
+        """
         part = {k: v for k, v in settings.items() if k != "planes"}
         part["plane"] = f"{plane}: {PLANE_SLICES[plane]}; assumes the dataset's (D, H, W) orientation"
-        return MetricValue(value=value, std=std, n=self.n_fake, settings=part, **extra)
+        counters = {**self._counters(), **extra.pop("counters", {})}
+        return MetricValue(value=value, std=std, n=self.n_fake, settings=part, counters=counters, **extra)
 
     def _per_plane(
         self,
@@ -294,10 +302,12 @@ class FeatureMetricBase(ABC):
         fields = [{key: options[i] for key, options in extra.items()} for i in range(len(values))]
         own = set_settings or [{} for _ in values]
         if not self.planes:
-            return MetricValue(value=values[0], std=None, n=self.n_fake, settings={**settings, **own[0]}, **fields[0])
+            return MetricValue(value=values[0], std=None, n=self.n_fake, settings={**settings, **own[0]},
+                               counters=self._counters(), **fields[0])  # fmt: skip
         components = {
             plane: self._component({**settings, **own[i]}, plane, value, None, **fields[i])
             for i, (plane, value) in enumerate(zip(self.planes, values, strict=True))
         }
         mean = math.fsum(values) / len(values)
-        return MetricValue(value=mean, std=None, n=self.n_fake, settings=settings, components=components)
+        return MetricValue(value=mean, std=None, n=self.n_fake, settings=settings, components=components,
+                           counters=self._counters())  # fmt: skip

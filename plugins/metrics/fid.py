@@ -19,7 +19,7 @@ FID is biased upward at small sample counts (and the 2048-d covariance is rank d
 ``n_fake`` and a warning below 2048.
 
 3D volumes ("2.5D FID"): the three orthogonal centre slices of each volume are passed through
-the 2D network, one feature set per plane (:data:`.inception.PLANES`: ``axial`` = the slice
+the 2D network, one feature set per plane (:data:`.planes.PLANES`: ``axial`` = the slice
 along D, ``x[:, :, D // 2]``; ``coronal`` along H; ``sagittal`` along W; the names assume the
 dataset's (D, H, W) orientation with D inferior-superior). Each plane's FID is exactly the 2D
 FID of those slices and is reported as a component (rows ``fid.axial``, ``fid.coronal``,
@@ -159,14 +159,15 @@ class FID(FeatureMetricBase):
             value, self._clipped[i] = frechet_distance(mu_f, sigma_f, mu_r, sigma_r)
             values.append(value)
         settings = self.settings()
+        counters = {**self._counters(), "negative_eigenvalues_clipped": sum(self._clipped)}  # over the planes in 3D
         if not self.planes:
-            return MetricValue(value=values[0], std=None, n=self.n_fake, settings=settings)
+            return MetricValue(value=values[0], std=None, n=self.n_fake, settings=settings, counters=counters)
         components = {
-            plane: self._component({**settings, "negative_eigenvalues_clipped": clipped}, plane, value, None)
+            plane: self._component(settings, plane, value, None, counters={"negative_eigenvalues_clipped": clipped})
             for plane, value, clipped in zip(self.planes, values, self._clipped, strict=True)
         }
         return MetricValue(value=float(np.mean(values)), std=None, n=self.n_fake, settings=settings,
-                           components=components)  # fmt: skip
+                           components=components, counters=counters)  # fmt: skip
 
     def reset(self) -> None:
         """Forget accumulated statistics and counts."""
@@ -181,7 +182,6 @@ class FID(FeatureMetricBase):
             **self._common_settings(),
             "statistics": "float64 running sums of shifted features; unbiased covariance (n - 1), as numpy.cov",
             "distance": "Frechet distance via symmetric eigendecompositions (equals pytorch-fid's sqrtm form)",
-            "negative_eigenvalues_clipped": sum(self._clipped),  # over the planes in 3D
         }
         n = min(self.n_real, self.n_fake)
         if n < RECOMMENDED_N:

@@ -123,14 +123,15 @@ class KID(FeatureMetricBase):
         settings = self.settings(m)
         if not self.planes:
             values = per_set[0]
-            return MetricValue(value=float(values.mean()), std=float(values.std()), n=self.n_fake, settings=settings)
+            return MetricValue(value=float(values.mean()), std=float(values.std()), n=self.n_fake, settings=settings,
+                               counters=self._counters())  # fmt: skip
         components = {
             plane: self._component({**settings, "std": _PLANE_STD}, plane, float(values.mean()), float(values.std()))
             for plane, values in zip(self.planes, per_set, strict=True)
         }
         plane_mean = per_set.mean(axis=0)  # per subset: the mean over planes
         return MetricValue(value=float(plane_mean.mean()), std=float(plane_mean.std()), n=self.n_fake,
-                           settings=settings, components=components)  # fmt: skip
+                           settings=settings, components=components, counters=self._counters())  # fmt: skip
 
     def _subset_values(
         self, real_rows: Reservoir, fake_rows: Reservoir, subsets: list[tuple[np.ndarray, np.ndarray]]

@@ -186,7 +186,8 @@ class PRDC(FeatureMetricBase):
             components.update({f"{q}.{plane}": sub for plane, sub in value.components.items()})
             value.components = {}
         mean_f = math.fsum(f_scores) / len(f_scores)
-        return MetricValue(value=mean_f, std=None, n=self.n_fake, settings=settings, components=components)
+        return MetricValue(value=mean_f, std=None, n=self.n_fake, settings=settings, components=components,
+                           counters=self._counters())  # fmt: skip
 
     def reset(self) -> None:
         """Forget kept features and counts."""

@@ -195,7 +195,8 @@ class SWD:
             db = _normalise(b[:, level].reshape(-1, dim), self._layout[0])
             per_level.append(float(wasserstein_1d((da @ directions).T, (db @ directions).T).mean()))
         value = SCALE * math.fsum(per_level) / len(per_level)
-        return MetricValue(value=value, std=None, n=fake.seen, settings=self.settings())
+        counters = {"clamped_values": self._clamped}
+        return MetricValue(value=value, std=None, n=fake.seen, settings=self.settings(), counters=counters)
 
     def reset(self) -> None:
         """Forget kept descriptors and counts."""
@@ -227,7 +228,6 @@ class SWD:
             "dims": self.spatial_dims,
             "out_of_range": self.out_of_range,
             "range_tolerance": RANGE_TOLERANCE * self.data_range,
-            "clamped_values": self._clamped,
         }
 
 
