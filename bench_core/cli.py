@@ -44,16 +44,14 @@ def cmd_run(args: argparse.Namespace) -> int:
         from bench_core.distributed import launch
 
         return launch(args.nproc, _without_nproc(sys.argv[1:]))
-    from bench_core.runner import Runner, plan
+    from bench_core.runner import Console, Runner, plan
     from bench_core.suite import load_suite
 
     suite = load_suite(args.suite)
     registry = _registry(args)
     cells = plan(suite, args.only)
-    runner = Runner(
-        suite, registry, output_dir=args.output, progress=not args.no_progress and sys.stderr.isatty(),
-        argv=sys.argv[1:], log=lambda msg: print(msg, flush=True),
-    )  # fmt: skip
+    console = Console(progress=not args.no_progress and sys.stderr.isatty(), log=lambda msg: print(msg, flush=True))
+    runner = Runner(suite, registry, output_dir=args.output, argv=sys.argv[1:], console=console)
     if args.dry_run:
         runner.preflight(cells)
         print(f"suite {suite.name}: {len(cells)} cells -> {runner.output_dir}")
@@ -123,7 +121,7 @@ def _run_elsewhere(args: argparse.Namespace, settings) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from bench_core.executors import status
+    from bench_core.jobstate import status
 
     text, failed = status(Path(args.output_dir))
     print(text)
@@ -131,7 +129,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:
-    from bench_core.executors import cancel
+    from bench_core.jobstate import cancel
 
     print(cancel(Path(args.output_dir)))
     return EXIT_OK
@@ -219,12 +217,11 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_score(args: argparse.Namespace) -> int:
-    from bench_core.score import score
+    from bench_core.score import ImageFolders, score
 
     metrics = [m.strip() for m in args.metric.split(",") if m.strip()]
-    result = score(
-        Path(args.pred), Path(args.ref), metrics, args.data_range, _registry(args), batch_size=args.batch_size
-    )
+    folders = ImageFolders(Path(args.pred), Path(args.ref), args.data_range)
+    result = score(folders, metrics, _registry(args), batch_size=args.batch_size)
     if args.json:
         import json
 

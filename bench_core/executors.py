@@ -16,8 +16,9 @@ checkpoints and requeues it), cancelled or requeued job resumes from its last ch
 
 Bookkeeping lives in a ``jobs`` table of the main store, one row per unit of work (a model
 cell, with the baselines it was given to run): executor, job id, state, attempts, node, logs.
-``bench status`` and ``bench cancel`` read it with ``squeue``/``scancel`` (Slurm's accounting,
-``sacct``, is used only when the cluster has it) or the local processes' ids.
+``bench status`` and ``bench cancel`` (:mod:`bench_core.jobstate`) read it with
+``squeue``/``scancel`` (Slurm's accounting, ``sacct``, is used only when the cluster has it)
+or the local processes' ids.
 """
 
 from __future__ import annotations
@@ -29,7 +30,6 @@ import glob
 import json
 import os
 import shutil
-import signal
 import socket
 import sqlite3
 import subprocess
@@ -44,25 +44,26 @@ from typing import Any
 from bench_core.api import BenchError
 from bench_core.collect import PLACEHOLDER_RUN, collect, export_store, job_results_dir
 from bench_core.fileio import write_atomic
-from bench_core.progress import PROGRESS_FILE_VAR, describe, read_progress
-from bench_core.store import ResultsStore, claimant
+from bench_core.jobstate import (
+    ACTIVE,
+    CellView,
+    cell_views,
+    count_line,
+    log_tail,
+    progress_file_of,
+    refresh,
+    save_job,
+    write_state,
+)
+from bench_core.progress import PROGRESS_FILE_VAR
+from bench_core.store import CellIdentity, ResultsStore, claimant
 from bench_core.suite import Executor, Suite
 
-__all__ = ["STORE_FILE_VAR", "CellJob", "Member", "Unit", "cancel", "cell_views", "settings_for", "status", "submit"]
+__all__ = ["STORE_FILE_VAR", "CellJob", "Member", "Unit", "settings_for", "submit"]
 
 STORE_FILE_VAR = "BENCH_STORE_FILE"  # the runner opens this store instead of OUTPUT/results.sqlite
-ACTIVE = ("queued", "running")
 SETTLED = ("done", "skipped")  # never resubmitted; a failed cell is, by the next `bench run`
-RESULT_GRACE_S = {"slurm": 30.0, "local": 0.0}  # a network file system may show a job's result file late
 
-_JOBS_TABLE = """CREATE TABLE IF NOT EXISTS jobs (
-    unit TEXT PRIMARY KEY, suite TEXT NOT NULL, cell_id TEXT NOT NULL, cells TEXT NOT NULL,
-    executor TEXT NOT NULL, job_id TEXT NOT NULL, state TEXT NOT NULL, attempts INTEGER NOT NULL,
-    reason TEXT, node TEXT, submitted REAL NOT NULL, updated REAL NOT NULL, ended REAL,
-    stdout TEXT, stderr TEXT, token TEXT
-)"""
-_JOB_COLUMNS = ("unit", "suite", "cell_id", "cells", "executor", "job_id", "state", "attempts", "reason", "node",
-                "submitted", "updated", "ended", "stdout", "stderr", "token")  # fmt: skip
 
 
 # -- settings ---------------------------------------------------------------------------------------
@@ -193,7 +194,7 @@ class CellJob:
             if main:
                 state = {"state": "running", "host": socket.gethostname(), "pid": os.getpid(),
                          "job_id": str(env.job_id), "started": time.time()}  # fmt: skip
-                _write_state(out, self.unit.key, state)
+                write_state(out, self.unit.key, state)
             self._environment(env.num_tasks, slot)
             tmp = Path(tempfile.mkdtemp(prefix="bench-job-")) if main else None
             try:
@@ -221,7 +222,7 @@ class CellJob:
     def _environment(self, ranks: int, slot: int | None) -> None:
         from bench_core.provenance import ENGINE_SET_VARS
 
-        os.environ[PROGRESS_FILE_VAR] = str(_progress_file(Path(self.output_dir), self.unit.key))
+        os.environ[PROGRESS_FILE_VAR] = str(progress_file_of(Path(self.output_dir), self.unit.key))
         ours = set(filter(None, os.environ.get(ENGINE_SET_VARS, "").split(",")))
         if self.threads and ("OMP_NUM_THREADS" not in os.environ or "OMP_NUM_THREADS" in ours):
             os.environ["OMP_NUM_THREADS"] = str(self.threads)  # the cell's share, not the whole node
@@ -239,7 +240,8 @@ class CellJob:
         store = ResultsStore(path)
         try:
             for key in self.unit.skips:
-                store.record_cell(key, PLACEHOLDER_RUN, self.suite_name, "-", "-", 0, "done", "run by another job")
+                placeholder = CellIdentity(key, self.suite_name, "-", "-", 0)
+                store.record_cell(placeholder, PLACEHOLDER_RUN, "done", "run by another job")
         finally:
             store.close()
         return path
@@ -285,52 +287,22 @@ def _slot(output_dir: Path, slots: int) -> Iterator[int]:
         time.sleep(0.5)
 
 
-def _state_file(output_dir: Path, unit: str) -> Path:
-    return output_dir / "jobs" / "state" / f"{unit}.json"
-
-
-def _progress_file(output_dir: Path, unit: str) -> Path:
-    """Where a job's training loop keeps its stage, step and loss (bench_core.progress)."""
-    return output_dir / "jobs" / "state" / f"{unit}.progress.json"
-
-
-def _write_state(output_dir: Path, unit: str, state: dict[str, Any]) -> None:
-    write_atomic(_state_file(output_dir, unit), json.dumps(state), durable=False)
-
-
-def _read_state(output_dir: Path, unit: str) -> dict[str, Any]:
-    """The job's state file, with its training progress under ``"progress"`` when it has written any."""
-    try:
-        state = json.loads(_state_file(output_dir, unit).read_text())
-    except (OSError, ValueError):
-        return {}
-    progress = read_progress(_progress_file(output_dir, unit))
-    if progress is not None and progress.get("updated", 0) >= state.get("started", 0):  # not an earlier attempt's
-        state["progress"] = progress
-    return state
-
-
 # -- backends: submit, ask, cancel ------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Submitted:
+    """A job as the backend returned it on submission."""
+
     job_id: str
     stdout: str
     stderr: str
     token: str = ""  # local: the controller process's identity (host, boot, pid, start time)
 
 
-@dataclass(frozen=True)
-class JobState:
-    state: str  # queued, running, ended
-    node: str = ""
-    reason: str = ""
-
-
 def _submitit_folder(output_dir: Path) -> Path:
     return output_dir / "jobs" / "submitit"
 
 
-def _submit_jobs(settings: Executor, output_dir: Path, jobs: list[CellJob]) -> list[Submitted]:
+def _submitjob_rows(settings: Executor, output_dir: Path, jobs: list[CellJob]) -> list[Submitted]:
     """Submit ``jobs`` through submitit (one Slurm array, or local processes in sessions of their own)."""
     try:
         import submitit
@@ -411,264 +383,6 @@ class _ModuleWith:
         return self._replaced[name] if name in self._replaced else getattr(self._module, name)
 
 
-def _slurm_states(job_ids: list[str]) -> dict[str, JobState]:
-    """States of Slurm jobs from ``squeue`` (array tasks one per line), then ``sacct`` for those it no longer lists."""
-    wanted = set(job_ids)
-    found: dict[str, JobState] = {}
-    try:
-        done = subprocess.run(["squeue", "--me", "-h", "-r", "-t", "all", "-o", "%i|%T|%N|%r"], capture_output=True,
-                              text=True, timeout=60, check=False)  # fmt: skip
-    except FileNotFoundError:
-        raise BenchError("squeue not found: follow Slurm jobs from a machine of their cluster") from None
-    if done.returncode != 0:
-        raise BenchError(f"squeue failed: {done.stderr.strip()}")
-    for line in done.stdout.splitlines():
-        job_id, state, node, reason = (line.split("|") + ["", "", ""])[:4]
-        if job_id in wanted:
-            found[job_id] = _slurm_state(state, node, reason)
-    for job_id in wanted - set(found):
-        found[job_id] = JobState("ended", "", _sacct_state(job_id) or "no longer in the queue")
-    return found
-
-
-def _slurm_state(state: str, node: str, reason: str) -> JobState:
-    if state in ("PENDING", "CONFIGURING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "RESV_DEL_HOLD", "SUSPENDED"):
-        return JobState("queued", "", reason if reason not in ("None", "(null)") else "")
-    if state in ("RUNNING", "COMPLETING", "SIGNALING", "STAGE_OUT", "RESIZING"):
-        return JobState("running", node)
-    return JobState("ended", node, state)
-
-
-def _sacct_state(job_id: str) -> str:
-    """The job's final state from Slurm's accounting, or '' where the cluster keeps none."""
-    with contextlib.suppress(OSError, subprocess.SubprocessError):
-        done = subprocess.run(["sacct", "-n", "-X", "-P", "-o", "State", "-j", job_id], capture_output=True,
-                              text=True, timeout=30, check=False)  # fmt: skip
-        if done.returncode == 0 and done.stdout.strip():
-            return done.stdout.split()[0]
-    return ""
-
-
-def _local_alive(pid: int, token: str) -> bool:
-    """Whether the local job's controller process (identified by ``token``) still runs; reaps it if it is ours."""
-    with contextlib.suppress(ChildProcessError, OSError):
-        os.waitpid(pid, os.WNOHANG)  # the submitting process's own finished children would stay zombies
-    try:  # a zombie (its parent gone, and nobody reaping) has ended too
-        if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
-            return False
-    except (OSError, IndexError):
-        pass
-    return claimant(pid) == token
-
-
-def _local_state(output_dir: Path, row: dict[str, Any]) -> JobState:
-    """A local job: queued while its process waits for a slot, running once it holds one, else ended."""
-    if not _local_alive(int(row["job_id"]), row["token"]):
-        return JobState("ended", row["node"] or "", "process ended")
-    state = _read_state(output_dir, row["unit"])
-    if state.get("state") == "running" and state.get("started", 0) >= row["submitted"] - 1:
-        return JobState("running", state.get("host", ""))
-    return JobState("queued", "", "waiting for a slot (max_parallel)")
-
-
-# -- the jobs table --------------------------------------------------------------------------------------
-def _jobs(store: ResultsStore, suite: str | None = None) -> list[dict[str, Any]]:
-    with store.transaction() as cur:
-        cur.execute(_JOBS_TABLE)
-        sql, args = "SELECT * FROM jobs", ()
-        if suite:
-            sql, args = sql + " WHERE suite=?", (suite,)
-        return [dict(row) for row in cur.execute(sql + " ORDER BY submitted, unit", args)]
-
-
-def _save_job(store: ResultsStore, row: dict[str, Any]) -> None:
-    with store.transaction() as cur:
-        cur.execute(_JOBS_TABLE)
-        marks = ", ".join("?" * len(_JOB_COLUMNS))
-        cur.execute(f"INSERT OR REPLACE INTO jobs({', '.join(_JOB_COLUMNS)}) VALUES ({marks})",
-                    [row.get(c) for c in _JOB_COLUMNS])  # fmt: skip
-
-
-def refresh(store: ResultsStore, output_dir: Path) -> list[dict[str, Any]]:
-    """Ask Slurm / the local processes about every active job, record what changed; return all job rows."""
-    rows = _jobs(store)
-    active = [r for r in rows if r["state"] in ACTIVE]
-    slurm_ids = [r["job_id"] for r in active if r["executor"] == "slurm"]
-    states = _slurm_states(slurm_ids) if slurm_ids else {}
-    now = time.time()
-    for row in active:
-        seen = states[row["job_id"]] if row["executor"] == "slurm" else _local_state(output_dir, row)
-        if (seen.state, seen.node or row["node"], seen.reason) == (row["state"], row["node"], row["reason"]):
-            continue
-        row.update(state=seen.state, node=seen.node or row["node"], reason=seen.reason, updated=now)
-        if seen.state == "ended":
-            row["ended"] = now
-        _save_job(store, row)
-    return rows
-
-
-# -- what each cell is doing --------------------------------------------------------------------------
-@dataclass
-class CellView:
-    """One cell as ``bench status`` shows it."""
-
-    id: str
-    key: str
-    state: str  # queued, running, done, failed, skipped, waiting (a job ended; its result not yet seen)
-    detail: str = ""
-    logs: tuple[str, ...] = ()  # the job's stdout and stderr, for a failed cell
-
-
-def cell_views(store: ResultsStore, output_dir: Path, suite: str, jobs: list[dict[str, Any]]) -> list[CellView]:
-    """Every cell of ``suite``'s current plan that was submitted or has a result, with its state."""
-    cells = {c["cell_key"]: c for c in store.cells(suite)}
-    plan = store.plan_keys(suite)
-    views: dict[str, CellView] = {}
-    for job in jobs:
-        if job["suite"] != suite:
-            continue
-        for key, cell_id in json.loads(job["cells"]).items():
-            if plan is not None and key not in plan:
-                continue  # a cell of an earlier version of the suite
-            views[key] = _view(key, cell_id, job, cells.get(key), _read_state(output_dir, job["unit"]))
-    for key, cell in cells.items():
-        if key not in views and (plan is None or key in plan):
-            views[key] = CellView(_cell_id(cell), key, cell["status"], cell["reason"] or "")
-    order = {"running": 0, "queued": 1, "waiting": 2, "failed": 3, "done": 4, "skipped": 5}
-    return sorted(views.values(), key=lambda v: (order.get(v.state, 9), v.id))
-
-
-def _cell_id(cell: dict[str, Any]) -> str:
-    return f"{cell['model']}/{cell['dataset']}" + (f"/seed{cell['seed']}" if cell.get("kind") != "baseline" else "")
-
-
-def _view(key: str, cell_id: str, job: dict[str, Any], cell: dict[str, Any] | None, state: dict) -> CellView:
-    where = f"job {job['job_id']}" + (f" on {job['node']}" if job["node"] else "")
-    tries = f", attempt {job['attempts']}" if job["attempts"] > 1 else ""
-    if job["state"] == "running":
-        started = state.get("started", 0) if state.get("job_id") == job["job_id"] else 0
-        since = _ago(started if started >= job["submitted"] - 1 else job["updated"])
-        progress = state.get("progress") if started else None
-        doing = f"; {describe(progress)}" if progress else _last_line(job["stdout"])
-        return CellView(cell_id, key, "running", f"{where}{tries}, {since}{doing}")
-    if job["state"] == "queued":
-        return CellView(cell_id, key, "queued", f"{where}{tries}" + (f" ({job['reason']})" if job["reason"] else ""))
-    if cell is not None and cell["status"] in ("done", "failed", "skipped"):
-        logs = (job["stdout"], job["stderr"]) if cell["status"] == "failed" else ()
-        return CellView(cell_id, key, cell["status"], cell["reason"] or "", logs)
-    if job["state"] == "cancelled":
-        return CellView(cell_id, key, "failed", f"cancelled ({where}); `bench run` resumes it")
-    if time.time() - (job["ended"] or 0) < RESULT_GRACE_S.get(job["executor"], 0):
-        return CellView(cell_id, key, "waiting", f"{where} ended; waiting for its result file")
-    last = _last_line(job["stderr"]) or _last_line(job["stdout"])
-    reason = f"{where} ended without a result ({job['reason'] or 'unknown'}){last}"
-    return CellView(cell_id, key, "failed", reason, (job["stdout"], job["stderr"]))
-
-
-def _ago(t: float) -> str:
-    s = max(0, int(time.time() - t))
-    return f"for {s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"for {s // 60}m{s % 60:02d}s"
-
-
-def _last_line(log: str | None) -> str:
-    lines = _tail(log, 1)
-    return f"; last: {lines[-1].strip()[:120]}" if lines else ""
-
-
-def _log_tail(logs: tuple[str, ...], n: int) -> list[str]:
-    """The last ``n`` lines of a job's stderr, or of its stdout when stderr holds nothing of the engine's."""
-    for log in reversed(logs):
-        lines = _tail(log, n)
-        if lines:
-            return lines
-    return []
-
-
-def _tail(log: str | None, n: int) -> list[str]:
-    if not log:
-        return []
-    try:
-        with open(log, "rb") as fh:
-            fh.seek(max(0, os.fstat(fh.fileno()).st_size - 16384))
-            text = fh.read().decode(errors="replace")
-    except OSError:
-        return []
-    lines = [line for line in text.replace("\r", "\n").splitlines() if line.strip()]
-    return [line for line in lines if not line.startswith("submitit ")][-n:]  # the engine's lines, not submitit's
-
-
-def format_views(views: list[CellView]) -> str:
-    """The per-cell lines of ``bench status``."""
-    width = max((len(v.id) for v in views), default=0)
-    out = []
-    for view in views:
-        detail = f"  {view.detail}" if view.detail else ""
-        out.append(f"  {view.id:<{width}}  {view.state:<8}{detail}".rstrip())
-        if view.state == "failed" and view.logs:
-            out.append(f"  {'':<{width}}  {'':<8}  log: {', '.join(view.logs)}")
-    return "\n".join(out)
-
-
-def _counts(views: list[CellView]) -> str:
-    names = ("queued", "running", "waiting", "done", "failed", "skipped")
-    counts = {name: sum(v.state == name for v in views) for name in names}
-    return ", ".join(f"{counts[n]} {n}" for n in names if counts[n] or n in ("queued", "running", "done", "failed"))
-
-
-# -- bench status / bench cancel ---------------------------------------------------------------------------
-def _open_existing(output_dir: Path) -> ResultsStore:
-    from bench_core.store import STORE_NAME
-
-    if not (output_dir / STORE_NAME).exists():
-        raise BenchError(f"no results store ({STORE_NAME}) in {output_dir}")
-    return ResultsStore(output_dir)
-
-
-def status(output_dir: str | Path) -> tuple[str, bool]:
-    """``bench status``: merge finished jobs' results, ask the scheduler, describe every cell; (text, any failed)."""
-    output_dir = Path(output_dir)
-    store = _open_existing(output_dir)
-    try:
-        collect(output_dir, store)
-        jobs = refresh(store, output_dir)
-        collect(output_dir, store)  # results of jobs that ended while the scheduler was asked
-        suites = sorted({j["suite"] for j in jobs} | {r["suite"] for r in store.runs()})
-        parts, failed = [], False
-        for suite in suites:
-            views = cell_views(store, output_dir, suite, jobs)
-            failed = failed or any(v.state == "failed" for v in views)
-            kinds = sorted({j["executor"] for j in jobs if j["suite"] == suite}) or ["inline"]
-            parts.append(f"suite {suite} ({'/'.join(kinds)}): {_counts(views)}\n{format_views(views)}")
-        return "\n".join(parts) or f"no cells in {output_dir}", failed
-    finally:
-        store.close()
-
-
-def cancel(output_dir: str | Path) -> str:
-    """``bench cancel``: cancel every queued or running job of the output dir (``scancel``, or the local process)."""
-    output_dir = Path(output_dir)
-    store = _open_existing(output_dir)
-    try:
-        rows = [r for r in refresh(store, output_dir) if r["state"] in ACTIVE]
-        slurm = [r["job_id"] for r in rows if r["executor"] == "slurm"]
-        if slurm:
-            done = subprocess.run(["scancel", *slurm], capture_output=True, text=True, timeout=60, check=False)
-            if done.returncode != 0:
-                raise BenchError(f"scancel {' '.join(slurm)} failed: {done.stderr.strip()}")
-        for row in rows:
-            if row["executor"] == "local" and _local_alive(int(row["job_id"]), row["token"]):
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(int(row["job_id"]), signal.SIGINT)  # submitit's controller stops its tasks
-            row.update(state="cancelled", reason="bench cancel", updated=time.time(), ended=time.time())
-            _save_job(store, row)
-        if not rows:
-            return f"nothing to cancel in {output_dir}"
-        ids = ", ".join(f"{r['job_id']} ({r['cell_id']})" for r in rows)
-        return f"cancelled {len(rows)} jobs: {ids}\nrun `bench run` again to resume them from their checkpoints"
-    finally:
-        store.close()
-
-
 # -- bench run --executor local|slurm ----------------------------------------------------------------------
 @dataclass
 class Outcome:
@@ -683,12 +397,12 @@ class Outcome:
 def submit(args: Any, settings: Executor, log=print) -> Outcome:
     """Submit the cells of ``args.suite`` not done yet, print the job ids, then wait (unless ``args.detach``)."""
     from bench_core.plugins import load_registry
-    from bench_core.runner import Runner, plan
+    from bench_core.runner import Console, Runner, plan
     from bench_core.suite import load_suite
 
     suite = load_suite(args.suite)
     registry = load_registry(only=args.plugin)
-    runner = Runner(suite, registry, output_dir=args.output, progress=False)
+    runner = Runner(suite, registry, output_dir=args.output, console=Console(progress=False))
     output_dir = runner.output_dir.resolve()
     cells = plan(suite, args.only)
     if not cells:
@@ -745,7 +459,7 @@ def _submit_units(store: ResultsStore, settings: Executor, suite: Suite, output_
     gpus = settings.gpus_per_cell if settings.kind == "local" and settings.gpus_per_cell == 1 else 0
     suite_file = str(Path(suite.source_path).resolve()) if suite.source_path else ""
     jobs = [CellJob(u, suite_file, str(output_dir), suite.name, prefix, slots, threads, gpus) for u in units]
-    submitted = _submit_jobs(settings, output_dir, jobs)
+    submitted = _submitjob_rows(settings, output_dir, jobs)
     rows, now = [], time.time()
     for unit, sub in zip(units, submitted, strict=True):
         before = previous.get(unit.key)
@@ -754,7 +468,7 @@ def _submit_units(store: ResultsStore, settings: Executor, suite: Suite, output_
                "attempts": (before["attempts"] + 1) if before else 1, "reason": None, "node": None,
                "submitted": now, "updated": now, "ended": None, "stdout": sub.stdout, "stderr": sub.stderr,
                "token": sub.token}  # fmt: skip
-        _save_job(store, row)
+        save_job(store, row)
         rows.append(row)
         also = [m.id for m in unit.members if m.id != unit.cell_id]
         log(f"submitted {unit.cell_id}{f' (with {len(also)} baselines)' if also else ''}: job {sub.job_id}")
@@ -785,7 +499,7 @@ def _wait(store: ResultsStore, settings: Executor, suite: Suite, output_dir: Pat
                     _announce(view, log)
                 shown[view.key] = view.state
             again = _retry(store, settings, suite, output_dir, views, jobs, retries, options, live, log)
-            live.show(f"{settings.kind}: {len(views)} cells: {_counts(views)}")
+            live.show(f"{settings.kind}: {len(views)} cells: {count_line(views)}")
             if not again and not any(v.state in (*ACTIVE, "waiting") for v in views):
                 break
             time.sleep(settings.poll_s)
@@ -803,7 +517,7 @@ def _announce(view: CellView, log) -> None:
     log(f"{mark} {view.id}: {view.state}" + (f": {view.detail}" if view.detail else ""))
     if view.state == "failed" and view.logs:
         log(f"  log: {', '.join(view.logs)}")
-        for line in _log_tail(view.logs, 15):
+        for line in log_tail(view.logs, 15):
             log(f"  | {line}")
 
 
@@ -818,9 +532,9 @@ def _retry(store: ResultsStore, settings: Executor, suite: Suite, output_dir: Pa
         return False
     from bench_core.cells import plan as whole_plan
     from bench_core.plugins import load_registry
-    from bench_core.runner import Runner
+    from bench_core.runner import Console, Runner
 
-    runner = Runner(suite, load_registry(only=options), output_dir=output_dir, progress=False)
+    runner = Runner(suite, load_registry(only=options), output_dir=output_dir, console=Console(progress=False))
     cells = {c.id: c for c in whole_plan(suite)}
     settled = {c["cell_key"] for c in store.cells(suite.name) if c["status"] in SETTLED}
     units = []
