@@ -56,8 +56,11 @@ def source001_augment(size: int, p: float = 0.1, seed: int | None = None) -> Cal
     1-3, magnitude 3-5); resize back to ``size``, z-score, rescale to ``[-1, 1]``. Each random
     transform but the crop applies with probability ``p``.
 
-    MONAI's transforms draw from a NumPy generator seeded with ``seed`` (default: a draw from
-    torch's generator, so the engine's cell seed fixes them); TorchIO's draw from torch's.
+    MONAI's transforms draw from NumPy generators, TorchIO's from torch's. The NumPy
+    generators are reseeded for every volume from a draw of torch's generator (``seed``
+    given: a generator of its own seeded with it), so the whole chain is a function of torch's
+    random stream: the engine saves that stream with the training state, and a resumed run
+    draws the same augmentations as one that was never interrupted.
     """
     mt, tio = _libraries()
     crop = max(1, round(CROP_FRACTION * size))
@@ -95,11 +98,12 @@ def source001_augment(size: int, p: float = 0.1, seed: int | None = None) -> Cal
         ]
     )
     anisotropy = tio.RandomAnisotropy(downsampling=(1 / 0.95, 1 / 0.8), p=p)
-    first_seed = int(torch.randint(2**31 - 1, ()).item()) if seed is None else seed
-    monai_first.set_random_state(seed=first_seed)
-    monai_last.set_random_state(seed=first_seed + 1)
+    seeds = None if seed is None else torch.Generator().manual_seed(seed)
 
     def augment(volume: Tensor) -> Tensor:
+        first_seed = int(torch.randint(2**31 - 2, (), generator=seeds).item())
+        monai_first.set_random_state(seed=first_seed)
+        monai_last.set_random_state(seed=first_seed + 1)
         x = volume.detach().float().cpu()
         x = anisotropy(x)
         x = torch.as_tensor(monai_first(x))

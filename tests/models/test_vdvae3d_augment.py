@@ -59,6 +59,25 @@ def test_chain_is_seeded_and_keeps_shape_and_range() -> None:
     assert calm.shape == x.shape and calm.min() == -1.0 and calm.max() == 1.0
 
 
+def test_a_resumed_chain_draws_what_an_uninterrupted_one_does() -> None:
+    """The trainer restores torch's random state on resume; MONAI's NumPy draws must follow it."""
+    pytest.importorskip("monai")
+    pytest.importorskip("torchio")
+    volumes = _volumes(4)
+    torch.manual_seed(5)
+    augment = aug_module.source001_augment(16, p=0.5)
+    straight = []
+    for i, v in enumerate(volumes):
+        if i == 2:
+            saved = torch.get_rng_state()
+        straight.append(augment(v))
+    torch.set_rng_state(saved)  # a new process: a fresh chain, torch's state from the checkpoint
+    resumed = aug_module.source001_augment(16, p=0.5)
+    for v, expected in zip(volumes[2:], straight[2:], strict=True):
+        torch.testing.assert_close(resumed(v), expected, rtol=0, atol=0)
+    assert not torch.equal(straight[2], straight[3])  # and the volumes' draws differ from each other
+
+
 def test_vdvae3d_trains_on_augmented_volumes_only() -> None:
     pytest.importorskip("monai")
     pytest.importorskip("torchio")
