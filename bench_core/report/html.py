@@ -23,6 +23,7 @@ from typing import Any
 from bench_core.api import BenchError
 from bench_core.fileio import write_atomic
 from bench_core.report.jinja import engine_version, environment
+from bench_core.report.plots import dataset_plots
 from bench_core.results import StoredResults, load_results, provenance_context
 from bench_core.tables import Aggregate, Table, aggregate, arrow, build_tables
 
@@ -147,7 +148,7 @@ def _index_context(data: StoredResults, tables: list[Table], cell_pages: dict[st
     summary = {"done": 0, "failed": 0, "skipped": 0, "running": 0}
     for c in data.cells:
         summary[c["status"]] = summary.get(c["status"], 0) + 1
-    return {"datasets": by_dataset, "links": links, "summary": summary}
+    return {"datasets": by_dataset, "links": links, "summary": summary, "plots": dataset_plots(data, tables)}
 
 
 def _read(path: Path) -> str:
