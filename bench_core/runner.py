@@ -16,6 +16,8 @@ import sys
 import time
 import traceback
 import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,12 +31,12 @@ from bench_core.plugins import Registry
 from bench_core.preflight import preflight
 from bench_core.provenance import environment
 from bench_core.rows import ResultRow
-from bench_core.store import ResultsStore
+from bench_core.store import CellIdentity, ResultsStore
 from bench_core.suite import Suite
 from bench_core.torchutil import resolve_device
 from bench_core.trainer import TrainingDiverged
 
-__all__ = ["Runner", "plan"]
+__all__ = ["Console", "Runner", "plan"]
 
 SUMMARY_METRICS = 2
 """How many headline metrics the console line after each cell shows (per task)."""
@@ -43,24 +45,35 @@ Outcome = tuple[str, str | None, dict[str, Any], list[ResultRow]]
 """A cell's status (done, failed, skipped), reason, details and rows."""
 
 
+@dataclass(frozen=True)
+class Console:
+    """How a run talks to its user: progress bars while training, and one line per cell through ``log``."""
+
+    progress: bool = True
+    log: Callable[[str], None] = print
+
+
 class Runner:
-    """Runs the cells of one suite against one results store."""
+    """Runs the cells of one suite against one results store.
+
+    ``output_dir`` defaults to the suite's; ``argv`` is the command line recorded with the run.
+    """
 
     def __init__(
         self,
         suite: Suite,
         registry: Registry,
+        *,
         output_dir: Path | None = None,
-        progress: bool = True,
         argv: list[str] | None = None,
-        log=print,
-    ):
+        console: Console = Console(),
+    ) -> None:
         self.suite = suite
         self.registry = registry
         self.output_dir = Path(output_dir or suite.resolved_output_dir)
-        self.progress = progress
         self.argv = argv or []
-        self.log = log
+        self.console = console
+        self.log = console.log
         self.datasets = Datasets(registry)
 
     def preflight(self, cells: list[Cell]) -> None:
@@ -84,7 +97,7 @@ class Runner:
         self.preflight(cells)
         device = ddp.init_from_env(self.suite.device) or resolve_device(self.suite.device)
         run = RunContext(self.suite, self.registry, self.datasets, self.output_dir, device, ddp.is_main(),
-                         self.progress, self.log)  # fmt: skip
+                         self.console.progress, self.log)  # fmt: skip
         run_id = ddp.decide(lambda: time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6])
         env = {**environment(str(device), self.suite.source_path), "world_size": ddp.world_size()}
         store = self._open_store(run_id, env) if run.main else None
@@ -120,8 +133,8 @@ class Runner:
     ) -> str:
         """Claim, run and record one cell; return what became of it (a key of the run's summary)."""
         key = self.cell_key(cell)
-        identity = (self.suite.name, cell.label, cell.dataset.label, cell.seed, cell.kind)
-        claim = ddp.decide(lambda: store.claim_cell(key, run_id, *identity))  # type: ignore[union-attr]
+        identity = CellIdentity(key, self.suite.name, cell.label, cell.dataset.label, cell.seed, cell.kind)
+        claim = ddp.decide(lambda: store.claim_cell(identity, run_id))  # type: ignore[union-attr]
         if claim == "done":
             self.log(f"= {cell.id}: finished in an earlier run (kept)")
             return "cached"

@@ -105,22 +105,28 @@ class ScoreResult:
         return _jsonable(out)
 
 
-def score(
-    pred_dir: Path,
-    ref_dir: Path,
-    metrics: list[str],
-    data_range: float | None,
-    registry: Any,
-    batch_size: int = 16,
-) -> ScoreResult:
-    """Score the images of ``pred_dir`` against the same-named images of ``ref_dir``.
+@dataclass(frozen=True)
+class ImageFolders:
+    """The images ``bench score`` compares, and their intensity range.
 
-    Args:
+    Attributes:
         pred_dir: folder of predictions (PNG and/or NIfTI files).
         ref_dir: folder of references with the same file names.
-        metrics: metric plugin names (``dist:name`` allowed), looked up in ``registry``.
         data_range: intensity range ``R`` of the files; values are divided by ``R``. Required
             for NIfTI; for PNG it defaults to the dtype maximum (255 or 65535).
+    """
+
+    pred_dir: Path
+    ref_dir: Path
+    data_range: float | None = None
+
+
+def score(folders: ImageFolders, metrics: list[str], registry: Any, batch_size: int = 16) -> ScoreResult:
+    """Score the images of ``folders.pred_dir`` against the same-named images of ``folders.ref_dir``.
+
+    Args:
+        folders: the two folders and the files' intensity range.
+        metrics: metric plugin names (``dist:name`` allowed), looked up in ``registry``.
         registry: a :class:`bench_core.plugins.Registry`.
         batch_size: files per batch fed to the metrics.
 
@@ -128,6 +134,7 @@ def score(
         BenchError: missing or empty folders, unmatched names, unreadable files, shape or
             dims mismatches, values out of range or not finite, unknown metrics.
     """
+    data_range = folders.data_range
     if batch_size < 1:
         raise BenchError(f"batch_size must be at least 1, got {batch_size}")
     if data_range is not None and not (math.isfinite(data_range) and data_range > 0):
@@ -136,7 +143,7 @@ def score(
     if not names:
         raise BenchError("no metric given; pass --metric NAME[,NAME...]")
     classes = {name: registry.get("metric", name).cls for name in names}
-    pred_dir, ref_dir = Path(pred_dir), Path(ref_dir)
+    pred_dir, ref_dir = Path(folders.pred_dir), Path(folders.ref_dir)
     pairs = _match(_list_images(pred_dir, "prediction"), _list_images(ref_dir, "reference"), pred_dir, ref_dir)
     if data_range is None and any(_is_nifti(p.pred) or _is_nifti(p.ref) for p in pairs):
         raise BenchError(NIFTI_RANGE_MESSAGE)

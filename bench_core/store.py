@@ -21,6 +21,7 @@ import threading
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,9 @@ from bench_core.api import BenchError
 from bench_core.fileio import pid_alive
 from bench_core.rows import ROW_KINDS, ResultRow, as_row
 
-__all__ = ["ROW_KINDS", "STORE_NAME", "ResultsStore", "StoreDamaged", "claim_is_live", "claimant", "is_damage"]
+__all__ = [
+    "ROW_KINDS", "STORE_NAME", "CellIdentity", "ResultsStore", "StoreDamaged", "claim_is_live", "claimant", "is_damage",
+]  # fmt: skip
 
 SCHEMA_VERSION = 4  # 2: results.ci_low / ci_high; 3: results.kind, cells.kind, claim identity, plans; 4: counters
 STORE_NAME = "results.sqlite"
@@ -118,6 +121,18 @@ def claim_is_live(row: sqlite3.Row | dict[str, Any], now: float | None = None) -
     if boot != _boot_id():
         return False
     return _process_start(int(pid)) == start if start else pid_alive(int(pid))
+
+
+@dataclass(frozen=True)
+class CellIdentity:
+    """What the ``cells`` table says a cell is: its key, and the suite, model, dataset, seed and kind it stands for."""
+
+    cell_key: str
+    suite: str
+    model: str
+    dataset: str
+    seed: int
+    kind: str = "model"
 
 
 class StoreDamaged(BenchError):
@@ -238,10 +253,8 @@ class ResultsStore:
         """The stored row of a cell, if any."""
         return self._conn.execute("SELECT * FROM cells WHERE cell_key=?", (cell_key,)).fetchone()
 
-    def claim_cell(
-        self, cell_key: str, run_id: str, suite: str, model: str, dataset: str, seed: int, kind: str = "model"
-    ) -> str:
-        """Try to take a cell for this process.
+    def claim_cell(self, cell: CellIdentity, run_id: str) -> str:
+        """Try to take ``cell`` for this process, in run ``run_id``.
 
         Returns ``"claimed"``, ``"done"`` (finished earlier: never redone) or ``"busy"``
         (another live process is running it, see :func:`claim_is_live`). Failed cells and
@@ -250,7 +263,7 @@ class ResultsStore:
         me = claimant()
         now = time.time()
         with self.transaction() as cur:
-            row = cur.execute("SELECT * FROM cells WHERE cell_key=?", (cell_key,)).fetchone()
+            row = cur.execute("SELECT * FROM cells WHERE cell_key=?", (cell.cell_key,)).fetchone()
             if row is not None:
                 if row["status"] == "done":
                     return "done"
@@ -259,10 +272,11 @@ class ResultsStore:
             cur.execute(
                 "INSERT OR REPLACE INTO cells(cell_key, run_id, suite, model, dataset, seed, status, reason, "
                 "pid, host, started, kind, claimant, heartbeat) VALUES (?,?,?,?,?,?,'running',NULL,?,?,?,?,?,?)",
-                (cell_key, run_id, suite, model, dataset, seed, os.getpid(), _host(), now, kind, me, now),
-            )
+                (cell.cell_key, run_id, cell.suite, cell.model, cell.dataset, cell.seed, os.getpid(), _host(), now,
+                 cell.kind, me, now),
+            )  # fmt: skip
             # A retried cell starts clean: rows of an earlier failed attempt are replaced below.
-            cur.execute("DELETE FROM results WHERE cell_key=?", (cell_key,))
+            cur.execute("DELETE FROM results WHERE cell_key=?", (cell.cell_key,))
         return "claimed"
 
     def holder(self, cell_key: str) -> str:
@@ -330,27 +344,19 @@ class ResultsStore:
             )
         return written
 
-    def record_cell(
-        self,
-        cell_key: str,
-        run_id: str,
-        suite: str,
-        model: str,
-        dataset: str,
-        seed: int,
-        status: str,
-        reason: str,
-    ) -> None:
+    def record_cell(self, cell: CellIdentity, run_id: str, status: str, reason: str) -> None:
         """Record a cell that never ran (skipped as incompatible, or failed before claiming)."""
         with self.transaction() as cur:
-            row = cur.execute("SELECT status FROM cells WHERE cell_key=?", (cell_key,)).fetchone()
+            row = cur.execute("SELECT status FROM cells WHERE cell_key=?", (cell.cell_key,)).fetchone()
             if row is not None and row["status"] == "done":
                 return
+            now = time.time()
             cur.execute(
                 "INSERT OR REPLACE INTO cells(cell_key, run_id, suite, model, dataset, seed, status, reason, "
-                "started, finished, details) VALUES (?,?,?,?,?,?,?,?,?,?,'{}')",
-                (cell_key, run_id, suite, model, dataset, seed, status, reason, time.time(), time.time()),
-            )
+                "started, finished, details, kind) VALUES (?,?,?,?,?,?,?,?,?,?,'{}',?)",
+                (cell.cell_key, run_id, cell.suite, cell.model, cell.dataset, cell.seed, status, reason, now, now,
+                 cell.kind),
+            )  # fmt: skip
 
     # -- plans --------------------------------------------------------------------------------
     def record_plan(self, suite: str, run_id: str, cell_keys: Iterable[str]) -> None:

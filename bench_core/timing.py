@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -102,16 +103,17 @@ class ThroughputMeter:
         return f"{_clock(self.device)}, first {self.skip_first} interval(s) excluded as warm-up"
 
 
+@dataclass(frozen=True)
+class Timing:
+    """How :func:`benchmark_throughput` times: on ``device`` (synchronised on CUDA), ``rounds`` calls after warm-up."""
+
+    device: DeviceLike
+    rounds: int = 5
+    warmup_rounds: int = 1
+
+
 def benchmark_throughput(
-    benchmark: Any,
-    fn: Callable[[], object],
-    *,
-    items: int,
-    device: DeviceLike,
-    warmup_rounds: int = 1,
-    rounds: int = 5,
-    unit: str = "images",
-    **extra: Any,
+    benchmark: Any, fn: Callable[[], object], *, items: int, timing: Timing, unit: str = "images", **extra: Any
 ) -> float:
     """Time ``fn`` (processing ``items`` items per call) with pytest-benchmark's pedantic mode; return items/s.
 
@@ -123,6 +125,7 @@ def benchmark_throughput(
     throughput is then that single call's, warm-up included, and the protocol says so. ``fn``'s
     return value is discarded; capture results in a closure when the test checks them.
     """
+    device, rounds, warmup_rounds = timing.device, timing.rounds, timing.warmup_rounds
     disabled = bool(getattr(benchmark, "disabled", False))
     # pedantic runs fn once when disabled and warmup_rounds + rounds times otherwise: the meter
     # skips exactly the warm-up calls, so it times the same calls as the benchmark's statistics.

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from bench_core.api import DataSpec
-from bench_core.timing import benchmark_throughput
+from bench_core.timing import Timing, benchmark_throughput
 from bench_core.torchutil import autocast, compile_children, to_device
 from bench_core.trainer import build_optimizer
 from bench_plugins.models.phvae import PHVAE
@@ -105,7 +105,7 @@ def _time_stages(benchmark, case: Case, precision: str, compile_model: bool) -> 
             losses.append(float(loss.detach()))
 
     benchmark_throughput(
-        benchmark, step, items=case.batch, device=DEVICE, rounds=3, warmup_rounds=1,
+        benchmark, step, items=case.batch, timing=Timing(DEVICE, rounds=3, warmup_rounds=1),
         model=case.id, stages=[s.name for s, _, _ in steps], input_shape=list(case.shape), batch_size=case.batch,
         precision=precision, compiled=compiled or "no",
     )  # fmt: skip

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from pytorch_fid.fid_score import calculate_frechet_distance
 
-from bench_core.timing import ThroughputMeter, benchmark_throughput
+from bench_core.timing import ThroughputMeter, Timing, benchmark_throughput
 from bench_plugins.metrics.fid import frechet_distance
 
 
@@ -39,7 +39,7 @@ def test_eigh_frechet_2048(benchmark):
     values: list[float] = []
     benchmark_throughput(
         benchmark, lambda: values.append(frechet_distance(mu1, s1, mu2, s2)[0]),
-        items=1, device="cpu", unit="distances", dims=dim,
+        items=1, timing=Timing("cpu"), unit="distances", dims=dim,
     )  # fmt: skip
     assert np.isfinite(values[-1])
 

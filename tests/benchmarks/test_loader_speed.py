@@ -24,7 +24,7 @@ import pytest
 import torch
 from scipy import ndimage
 
-from bench_core.timing import benchmark_throughput
+from bench_core.timing import Timing, benchmark_throughput
 from bench_plugins.datasets.flair import BiobankFlair
 from bench_plugins.datasets.gold import Gold
 from bench_plugins.datasets.hipmri import HipMRI
@@ -72,7 +72,7 @@ def _read_split(benchmark: Any, plugin: Any, loader: str, **extra: Any) -> float
             assert all(isinstance(item[k], torch.Tensor) for k in keys)
 
     rate = benchmark_throughput(
-        benchmark, one_pass, items=len(data), device="cpu", unit="samples", loader=loader, **extra
+        benchmark, one_pass, items=len(data), timing=Timing("cpu"), unit="samples", loader=loader, **extra
     )
     print(f"{loader}: {rate:.1f} samples/s")
     return rate

@@ -39,7 +39,7 @@ import pytest
 import torch
 
 from bench_core.api import DataSpec, merge_config
-from bench_core.timing import benchmark_throughput
+from bench_core.timing import Timing, benchmark_throughput
 from bench_plugins.models.phvae import PHVAE
 
 CONFIG = "ndvi-rgb-nll"
@@ -79,7 +79,7 @@ def _run(benchmark, fn: Callable[[], object], batch: int, rounds: int, **extra: 
         torch.cuda.reset_peak_memory_stats(DEVICE)
     rss_before = _maxrss_mb()
     benchmark_throughput(
-        benchmark, fn, items=batch, device=DEVICE, rounds=rounds,
+        benchmark, fn, items=batch, timing=Timing(DEVICE, rounds=rounds),
         config=CONFIG, setting=SETTING, batch_size=batch, input_shape={"A": [3, SIZE, SIZE], "B": [1, SIZE, SIZE]},
         precision="amp (fp16 autocast + GradScaler)" if CUDA else "fp32", **extra,
     )  # fmt: skip

@@ -20,7 +20,7 @@ import time
 import numpy as np
 import pytest
 
-from bench_core.timing import benchmark_throughput
+from bench_core.timing import Timing, benchmark_throughput
 from bench_plugins.metrics.prdc import prdc
 
 
@@ -39,7 +39,7 @@ def test_prdc_10k_by_10k_2048d(benchmark):
     values: list[dict] = []
     benchmark_throughput(
         benchmark, lambda: values.append(prdc(real, fake, 3, 5)),
-        items=n, device="cpu", unit="generated_items", warmup_rounds=0, rounds=2, n_real=n, n_fake=n, dims=dims,
+        items=n, timing=Timing("cpu", rounds=2, warmup_rounds=0), unit="generated_items", n_real=n, n_fake=n, dims=dims,
     )  # fmt: skip
     stats = getattr(benchmark, "stats", None)
     seconds = stats.stats.mean if stats is not None else float("nan")

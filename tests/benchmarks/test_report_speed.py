@@ -18,8 +18,8 @@ import numpy as np
 import pytest
 
 from bench_core.report.html import build_report
-from bench_core.store import ResultsStore
-from bench_core.timing import benchmark_throughput
+from bench_core.store import CellIdentity, ResultsStore
+from bench_core.timing import Timing, benchmark_throughput
 
 MODELS, DATASETS, SEEDS, METRICS, ITEMS = 20, 2, 5, 10, 50
 
@@ -41,7 +41,7 @@ def _rows(rng: np.random.Generator, evaluation: dict, kind: str = "metric") -> l
 
 def _cell(out: Path, store: ResultsStore, key: str, label: str, dataset: str, seed: int, kind: str, rng) -> None:
     slug = f"{label.replace(':', '__')}__{dataset}__seed{seed}"
-    store.claim_cell(key, "r1", "big", label, dataset, seed, kind)
+    store.claim_cell(CellIdentity(key, "big", label, dataset, seed, kind), "r1")
     evaluation: dict = {"recon": {}}
     rows = _rows(rng, evaluation, "baseline" if kind == "baseline" else "metric")
     if kind == "model":
@@ -82,7 +82,7 @@ def big_store(tmp_path_factory) -> Path:
 def test_report_of_200_cells_x_10_metrics(benchmark, big_store: Path) -> None:
     """``build_report`` (index, 200 cell pages, leaderboard.json) from the store alone."""
     benchmark_throughput(
-        benchmark, lambda: build_report(big_store), items=MODELS * DATASETS * SEEDS, device="cpu", rounds=3,
+        benchmark, lambda: build_report(big_store), items=MODELS * DATASETS * SEEDS, timing=Timing("cpu", rounds=3),
         unit="cells", metrics=METRICS, items_per_metric=ITEMS, target="about 4 s on the 2-core CPU",
     )  # fmt: skip
     board = json.loads((big_store / "leaderboard.json").read_text())

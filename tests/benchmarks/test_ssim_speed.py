@@ -15,7 +15,7 @@ import pytest
 import torch
 from skimage.metrics import structural_similarity
 
-from bench_core.timing import benchmark_throughput
+from bench_core.timing import Timing, benchmark_throughput
 from bench_plugins.metrics.ssim import ssim_per_item
 
 N_IMAGES = 64
@@ -69,8 +69,9 @@ def _throughput(benchmark, images: tuple[torch.Tensor, torch.Tensor], implementa
             values.append(skimage_loop(*images, preset))
 
     benchmark_throughput(
-        benchmark, compute, items=N_IMAGES, device="cpu", implementation=implementation, preset=preset, side=SIDE
-    )
+        benchmark, compute, items=N_IMAGES, timing=Timing("cpu"), implementation=implementation, preset=preset,
+        side=SIDE,
+    )  # fmt: skip
     return values[-1]
 
 

@@ -30,7 +30,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from bench_core.api import DataSpec, merge_config
-from bench_core.timing import benchmark_throughput, synchronize
+from bench_core.timing import Timing, benchmark_throughput, synchronize
 from bench_plugins.models.vdvae3d import VDVAE3D
 
 DEVICE = torch.device(os.environ.get("BENCH_DEVICE", "cpu"))
@@ -91,7 +91,7 @@ def test_train_step_speed(benchmark, checkpointing: bool) -> None:
     losses: list[float] = []
 
     benchmark_throughput(
-        benchmark, lambda: losses.append(step()), items=BATCH, device=DEVICE, rounds=3,
+        benchmark, lambda: losses.append(step()), items=BATCH, timing=Timing(DEVICE, rounds=3),
         config="32", batch_size=BATCH, input_shape=[1, 32, 32, 32], checkpointing=checkpointing,
     )  # fmt: skip
     assert losses and all(torch.isfinite(torch.tensor(losses)))

@@ -23,7 +23,7 @@ import pytest
 import torch
 
 from bench_core.api import DataSpec, merge_config
-from bench_core.timing import benchmark_throughput
+from bench_core.timing import Timing, benchmark_throughput
 from bench_plugins.models.pixelcnn import PixelCNNVQVAE2
 from bench_plugins.models.vqvae2 import VQVAE2
 
@@ -77,7 +77,7 @@ def test_train_step_speed(benchmark, config: str, shape, cuda_batch: int, cpu_ba
         losses.append(loss.item())
 
     benchmark_throughput(
-        benchmark, step, items=batch_size, device=DEVICE, rounds=3,
+        benchmark, step, items=batch_size, timing=Timing(DEVICE, rounds=3),
         config=config, batch_size=batch_size, input_shape=[1, *shape], channels_last=channels_last,
     )  # fmt: skip
     assert all(torch.isfinite(torch.tensor(losses)))
@@ -99,7 +99,7 @@ def test_decode_speed(benchmark) -> None:
         outputs.append(model.decode_codes(codes_t, codes_b))
 
     benchmark_throughput(
-        benchmark, decode, items=DECODE_BATCH, device=DEVICE, rounds=3,
+        benchmark, decode, items=DECODE_BATCH, timing=Timing(DEVICE, rounds=3),
         config=config, batch_size=DECODE_BATCH, input_shape=[1, *shape],
     )  # fmt: skip
     images = outputs[-1]
@@ -135,7 +135,7 @@ def test_prior_train_step_speed(benchmark, prior: str, cuda_batch: int, cpu_batc
         losses.append(loss.item())
 
     benchmark_throughput(
-        benchmark, step, items=batch_size, device=DEVICE, rounds=3,
+        benchmark, step, items=batch_size, timing=Timing(DEVICE, rounds=3),
         config="seed002-oasis", prior=prior, batch_size=batch_size, input_shape=[1, 64, 64],
     )  # fmt: skip
     assert all(torch.isfinite(torch.tensor(losses)))
@@ -155,7 +155,7 @@ def test_sample_speed(benchmark, config: str, crop_rows: bool) -> None:
         outputs.append(model.sample_codes(n, 1.0, torch.Generator().manual_seed(0), crop_rows=crop_rows))
 
     benchmark_throughput(
-        benchmark, sample, items=n, device=DEVICE, rounds=1, unit="samples",
+        benchmark, sample, items=n, timing=Timing(DEVICE, rounds=1), unit="samples",
         config=config, n=n, input_shape=[1, *shape], top_grid=list(model.top_shape),
         bottom_grid=list(model.bottom_shape), crop_rows=crop_rows,
     )  # fmt: skip

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from bench_core.api import DataSpec
-from bench_core.timing import benchmark_throughput
+from bench_core.timing import Timing, benchmark_throughput
 from bench_plugins.models.vqvae import VQVAE
 
 CONFIG = "seed003-hipmri"
@@ -35,8 +35,9 @@ def _model() -> VQVAE:
 def _run(benchmark, fn: Callable[[], object], batch: int) -> None:
     """Time ``fn`` on ``batch`` images with the shared protocol, recording the config beside the throughput."""
     benchmark_throughput(
-        benchmark, fn, items=batch, device=DEVICE, rounds=3, config=CONFIG, batch_size=batch, input_shape=[1, *SHAPE]
-    )
+        benchmark, fn, items=batch, timing=Timing(DEVICE, rounds=3), config=CONFIG, batch_size=batch,
+        input_shape=[1, *SHAPE],
+    )  # fmt: skip
 
 
 @pytest.mark.benchmark(group="vqvae")

@@ -10,7 +10,7 @@ from cluster_helpers import query
 
 from bench_core.collect import PLACEHOLDER_RUN, collect, export_store, job_results_dir
 from bench_core.rows import ResultRow
-from bench_core.store import ResultsStore
+from bench_core.store import CellIdentity, ResultsStore
 
 
 def _job_store(folder: Path, name: str, cells: dict[str, str], running: tuple[str, ...] = (),
@@ -20,9 +20,9 @@ def _job_store(folder: Path, name: str, cells: dict[str, str], running: tuple[st
     store = ResultsStore(path)
     store.start_run(f"run-{name}", "toy", "hash", ["run"], {"device": "cpu"})
     for key in skips:
-        store.record_cell(key, PLACEHOLDER_RUN, "toy", "-", "-", 0, "done", "run by another job")
+        store.record_cell(CellIdentity(key, "toy", "-", "-", 0), PLACEHOLDER_RUN, "done", "run by another job")
     for key, status in {**cells, **dict.fromkeys(running, "running")}.items():
-        assert store.claim_cell(key, f"run-{name}", "toy", f"model-{key}", "data", 0) == "claimed"
+        assert store.claim_cell(CellIdentity(key, "toy", f"model-{key}", "data", 0), f"run-{name}") == "claimed"
         if status != "running":
             rows = [ResultRow(task="recon", metric=m, value=1.0, n=4) for m in ("mae", "gap")]
             rows = rows if status == "done" else []

@@ -54,11 +54,12 @@ def test_usage_errors_exit_2_before_anything_runs(bench, bench_env, suite_file):
 
 def test_each_pending_baseline_goes_to_one_job(tmp_path, bench_env, monkeypatch):
     from bench_core.plugins import load_registry
-    from bench_core.runner import Runner, plan
+    from bench_core.runner import Console, Runner, plan
 
     monkeypatch.setenv("BENCH_CACHE_DIR", bench_env["BENCH_CACHE_DIR"])
     suite = load_suite(_seeds(tmp_path, 3))
-    runner = Runner(suite, load_registry(only=["fakeplugins"]), output_dir=tmp_path / "out", progress=False)
+    registry = load_registry(only=["fakeplugins"])
+    runner = Runner(suite, registry, output_dir=tmp_path / "out", console=Console(progress=False))
     cells = plan(suite)
     keys = [runner.cell_key(c) for c in cells]
     (baseline,) = [runner.cell_key(b) for b in runner.baseline_cells(cells)]

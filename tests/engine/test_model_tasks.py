@@ -14,7 +14,7 @@ from bench_core.api import API_VERSION, RECONSTRUCT, TRANSLATE, BenchError, Data
 from bench_core.cells import plan
 from bench_core.evaluator import EvalJob, EvalSettings, evaluate, model_tasks, tasks_for
 from bench_core.plugins import incompatibility_of, load_registry, tasks_problem
-from bench_core.runner import Runner
+from bench_core.runner import Console, Runner
 from bench_core.store import ResultsStore
 from bench_core.suite import Suite
 
@@ -136,7 +136,8 @@ def test_one_way_model_gets_its_tasks_and_a_refusing_one_keeps_its_rows(tmp_path
         metrics=["toy-mae"], evaluation={"batch_size": 4, "save_images": False},
     ))  # fmt: skip
     registry = load_registry(extra_modules=[fakeplugins])
-    summary = Runner(suite, registry, output_dir=tmp_path / "out", progress=False, log=lambda _: None).run(plan(suite))
+    quiet = Console(progress=False, log=lambda _: None)
+    summary = Runner(suite, registry, output_dir=tmp_path / "out", console=quiet).run(plan(suite))
     assert summary["failed"] == 0, summary
     store = ResultsStore(tmp_path / "out")
     cells = {c["model"]: c for c in store.cells()}

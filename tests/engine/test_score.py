@@ -13,7 +13,7 @@ from PIL import Image
 
 from bench_core.api import BenchError, PluginError
 from bench_core.plugins import load_registry
-from bench_core.score import NIFTI_RANGE_MESSAGE, score
+from bench_core.score import NIFTI_RANGE_MESSAGE, ImageFolders, score
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +43,7 @@ def _offset_pngs(tmp_path: Path, n: int = 5, offset: int = 10) -> tuple[Path, Pa
 
 def test_png_constant_offset_psnr_and_per_file(tmp_path, registry):
     pred, ref = _offset_pngs(tmp_path, n=5)
-    result = score(pred, ref, ["psnr"], None, registry, batch_size=2)  # 3 batches: 2, 2, 1
+    result = score(ImageFolders(pred, ref), ["psnr"], registry, batch_size=2)  # 3 batches: 2, 2, 1
     psnr = result.metrics["psnr"]
     expected = 20 * math.log10(255 / 10)
     assert psnr.value == pytest.approx(expected, abs=1e-4)
@@ -63,7 +63,7 @@ def test_ssim_identical_is_one_and_rgba_drops_alpha(tmp_path, registry):
         _png(tmp_path / "ref" / f"x{i}.png", rgb)
         alpha = rng.integers(0, 256, size=(32, 32, 1), dtype=np.uint8)
         _png(tmp_path / "pred" / f"x{i}.png", np.concatenate([rgb, alpha], axis=-1))  # RGBA
-    result = score(tmp_path / "pred", tmp_path / "ref", ["ssim", "psnr"], None, registry)
+    result = score(ImageFolders(tmp_path / "pred", tmp_path / "ref"), ["ssim", "psnr"], registry)
     assert result.metrics["ssim"].value == pytest.approx(1.0, abs=1e-9)
     assert set(result.metrics["ssim"].per_file) == {"x0", "x1", "x2"}
     assert result.metrics["psnr"].value == pytest.approx(100.0)  # identical items hit the cap
@@ -73,7 +73,7 @@ def test_16bit_png_uses_65535(tmp_path, registry):
     ref = np.full((16, 16), 30000, dtype=np.uint16)
     _png(tmp_path / "ref" / "a.png", ref)
     _png(tmp_path / "pred" / "a.png", ref + 655)
-    result = score(tmp_path / "pred", tmp_path / "ref", ["psnr"], None, registry)
+    result = score(ImageFolders(tmp_path / "pred", tmp_path / "ref"), ["psnr"], registry)
     assert result.metrics["psnr"].value == pytest.approx(20 * math.log10(65535 / 655), abs=1e-4)
     assert result.provenance["mapping"] == ["16-bit PNG: value / 65535"]
 
@@ -83,7 +83,7 @@ def test_unmatched_names_are_listed(tmp_path, registry):
     _png(pred / "only_pred.png", np.zeros((4, 4), np.uint8))
     _png(ref / "only_ref.png", np.zeros((4, 4), np.uint8))
     with pytest.raises(BenchError, match="only_pred") as info:
-        score(pred, ref, ["psnr"], None, registry)
+        score(ImageFolders(pred, ref), ["psnr"], registry)
     assert "only_ref" in str(info.value)
     assert "1 in" in str(info.value)
 
@@ -95,20 +95,20 @@ def test_missing_or_empty_folder(tmp_path, registry, case):
     if case == "empty":
         other.mkdir()
     with pytest.raises(BenchError, match="does not exist" if case == "missing" else "no PNG or NIfTI"):
-        score(pred, other, ["psnr"], None, registry)
+        score(ImageFolders(pred, other), ["psnr"], registry)
 
 
 def test_shape_mismatch_names_the_file(tmp_path, registry):
     _png(tmp_path / "pred" / "bad.png", np.zeros((8, 8), np.uint8))
     _png(tmp_path / "ref" / "bad.png", np.zeros((8, 9), np.uint8))
     with pytest.raises(BenchError, match="bad"):
-        score(tmp_path / "pred", tmp_path / "ref", ["psnr"], None, registry)
+        score(ImageFolders(tmp_path / "pred", tmp_path / "ref"), ["psnr"], registry)
 
 
 def test_unknown_metric_lists_installed(tmp_path, registry):
     pred, ref = _offset_pngs(tmp_path, n=1)
     with pytest.raises(PluginError, match="psnr"):
-        score(pred, ref, ["nosuchmetric"], None, registry)
+        score(ImageFolders(pred, ref), ["nosuchmetric"], registry)
 
 
 def test_nifti_requires_data_range(tmp_path, registry):
@@ -116,7 +116,7 @@ def test_nifti_requires_data_range(tmp_path, registry):
     _nii(tmp_path / "pred" / "v.nii.gz", vol)
     _nii(tmp_path / "ref" / "v.nii.gz", vol)
     with pytest.raises(BenchError) as info:
-        score(tmp_path / "pred", tmp_path / "ref", ["psnr"], None, registry)
+        score(ImageFolders(tmp_path / "pred", tmp_path / "ref"), ["psnr"], registry)
     assert NIFTI_RANGE_MESSAGE in str(info.value)
 
 
@@ -128,7 +128,7 @@ def test_nifti_3d_with_data_range(tmp_path, registry):
         _nii(tmp_path / "pred" / f"vol{i}.nii.gz", ref + 50.0 if i else ref)
     _nii(tmp_path / "ref" / "flat.nii", np.full((12, 14, 16), 500.0))  # uncompressed works too
     _nii(tmp_path / "pred" / "flat.nii", np.full((12, 14, 16), 500.0))
-    result = score(tmp_path / "pred", tmp_path / "ref", ["psnr", "ssim"], 1000.0, registry, batch_size=2)
+    result = score(ImageFolders(tmp_path / "pred", tmp_path / "ref", 1000.0), ["psnr", "ssim"], registry, batch_size=2)
     assert result.dims == 3
     psnr = result.metrics["psnr"]
     assert psnr.per_file["vol1"] == pytest.approx(20 * math.log10(1000 / 50), abs=1e-3)
@@ -149,12 +149,12 @@ def test_nifti_out_of_range_and_nan_are_errors(tmp_path, registry):
     high[0, 0, 0] = 1500.0
     _nii(tmp_path / "pred" / "v.nii.gz", high)
     with pytest.raises(BenchError, match=r"v\.nii\.gz.*\[10, 1500\]"):
-        score(tmp_path / "pred", tmp_path / "ref", ["psnr"], 1000.0, registry)
+        score(ImageFolders(tmp_path / "pred", tmp_path / "ref", 1000.0), ["psnr"], registry)
     bad = vol.copy()
     bad[1, 1, 1] = np.nan
     _nii(tmp_path / "pred" / "v.nii.gz", bad)
     with pytest.raises(BenchError, match=r"v\.nii\.gz.*NaN"):
-        score(tmp_path / "pred", tmp_path / "ref", ["psnr"], 1000.0, registry)
+        score(ImageFolders(tmp_path / "pred", tmp_path / "ref", 1000.0), ["psnr"], registry)
 
 
 def test_mixed_dims_error(tmp_path, registry):
@@ -163,12 +163,12 @@ def test_mixed_dims_error(tmp_path, registry):
     _nii(tmp_path / "pred" / "b.nii", np.zeros((6, 6, 6)))
     _nii(tmp_path / "ref" / "b.nii", np.zeros((6, 6, 6)))
     with pytest.raises(BenchError, match="mixed dims"):
-        score(tmp_path / "pred", tmp_path / "ref", ["psnr"], 1.0, registry)
+        score(ImageFolders(tmp_path / "pred", tmp_path / "ref", 1.0), ["psnr"], registry)
 
 
 def test_json_output_is_serialisable(tmp_path, registry):
     pred, ref = _offset_pngs(tmp_path, n=3)
-    out = score(pred, ref, ["psnr", "ssim"], None, registry).to_json()
+    out = score(ImageFolders(pred, ref), ["psnr", "ssim"], registry).to_json()
     text = json.dumps(out, allow_nan=False)
     back = json.loads(text)
     assert set(back["metrics"]) == {"psnr", "ssim"}
@@ -181,7 +181,7 @@ def test_json_output_is_serialisable(tmp_path, registry):
 def test_metric_without_direction_is_shown_as_not_ranked(tmp_path, registry):
     """data-copying has no ranking direction (C_T near 0 is ideal): neither "higher" nor "lower" is true of it."""
     pred, ref = _offset_pngs(tmp_path, n=3)
-    result = score(pred, ref, ["psnr", "ssim", "data-copying"], None, registry)
+    result = score(ImageFolders(pred, ref), ["psnr", "ssim", "data-copying"], registry)
     assert result.metrics["data-copying"].higher_is_better is None
     table = result.table().split("\n\n")[0].splitlines()[2:]  # the rows, before the notes
     rows = {line.split()[0]: line for line in table}

@@ -10,11 +10,11 @@ import time
 
 from toy_suites import toy_suite
 
-from bench_core.store import STALE_AFTER_S, ResultsStore, claimant
+from bench_core.store import STALE_AFTER_S, CellIdentity, ResultsStore, claimant
 
 
 def _claim(store: ResultsStore, token: str, heartbeat: float | None = None) -> None:
-    store.claim_cell("k", "r1", "s", "m", "d", 0)
+    store.claim_cell(CellIdentity("k", "s", "m", "d", 0), "r1")
     pid = int(token.split("|")[2])
     store._conn.execute("UPDATE cells SET claimant=?, pid=?, heartbeat=? WHERE cell_key='k'", (token, pid, heartbeat))
 
@@ -23,7 +23,7 @@ def test_claim_from_before_a_reboot_is_taken_over(tmp_path):
     store = ResultsStore(tmp_path)
     host, _, pid, start = claimant(os.getppid()).split("|")  # a live process, but another boot
     _claim(store, "|".join([host, "another-boot-id", pid, start]))
-    assert store.claim_cell("k", "r2", "s", "m", "d", 0) == "claimed"
+    assert store.claim_cell(CellIdentity("k", "s", "m", "d", 0), "r2") == "claimed"
     store.close()
 
 
@@ -31,14 +31,14 @@ def test_claim_of_a_reused_pid_is_taken_over(tmp_path):
     store = ResultsStore(tmp_path)
     host, boot, pid, start = claimant(os.getppid()).split("|")  # the pid runs, but started at another time
     _claim(store, "|".join([host, boot, pid, str(int(start) + 12345)]))
-    assert store.claim_cell("k", "r2", "s", "m", "d", 0) == "claimed"
+    assert store.claim_cell(CellIdentity("k", "s", "m", "d", 0), "r2") == "claimed"
     store.close()
 
 
 def test_claim_of_a_live_process_stays_busy(tmp_path):
     store = ResultsStore(tmp_path)
     _claim(store, claimant(os.getppid()))
-    assert store.claim_cell("k", "r2", "s", "m", "d", 0) == "busy"
+    assert store.claim_cell(CellIdentity("k", "s", "m", "d", 0), "r2") == "busy"
     assert f"pid {os.getppid()} on " in store.holder("k")
     store.close()
 
@@ -46,15 +46,15 @@ def test_claim_of_a_live_process_stays_busy(tmp_path):
 def test_claim_from_another_host_is_live_while_its_heartbeat_is_fresh(tmp_path):
     store = ResultsStore(tmp_path)
     _claim(store, "elsewhere|boot|4242|99", heartbeat=time.time())
-    assert store.claim_cell("k", "r2", "s", "m", "d", 0) == "busy"
+    assert store.claim_cell(CellIdentity("k", "s", "m", "d", 0), "r2") == "busy"
     store._conn.execute("UPDATE cells SET heartbeat=? WHERE cell_key='k'", (time.time() - STALE_AFTER_S - 1,))
-    assert store.claim_cell("k", "r3", "s", "m", "d", 0) == "claimed"
+    assert store.claim_cell(CellIdentity("k", "s", "m", "d", 0), "r3") == "claimed"
     store.close()
 
 
 def test_heartbeat_refreshes_this_process_claim(tmp_path):
     store = ResultsStore(tmp_path)
-    store.claim_cell("k", "r1", "s", "m", "d", 0)
+    store.claim_cell(CellIdentity("k", "s", "m", "d", 0), "r1")
     store._conn.execute("UPDATE cells SET heartbeat=0 WHERE cell_key='k'")
     with store.heartbeat("k", every=0.05):
         time.sleep(0.4)

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from bench_core.checkpoints import CheckpointError, load_train_state, load_weights, save_weights
-from bench_core.store import ResultsStore, claimant
+from bench_core.store import CellIdentity, ResultsStore, claimant
 from bench_core.tables import build_tables, to_markdown
 
 
@@ -21,9 +21,9 @@ def test_claim_finish_and_never_redo(tmp_path):
     assert store.path.name == "results.sqlite"
     assert store._conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     store.start_run("r1", "s", "h", [], {})
-    assert store.claim_cell("k", "r1", "s", "model", "data", 0) == "claimed"
+    assert store.claim_cell(CellIdentity("k", "s", "model", "data", 0), "r1") == "claimed"
     store.finish_cell("k", "done", None, {"x": 1}, [row(), row("m2")])
-    assert store.claim_cell("k", "r2", "s", "model", "data", 0) == "done"
+    assert store.claim_cell(CellIdentity("k", "s", "model", "data", 0), "r2") == "done"
     assert len(store.results("s")) == 2
     assert store.cells("s")[0]["details"] == {"x": 1}
     store.close()
@@ -31,21 +31,21 @@ def test_claim_finish_and_never_redo(tmp_path):
 
 def test_failed_cell_is_retried_and_old_rows_dropped(tmp_path):
     store = ResultsStore(tmp_path)
-    store.claim_cell("k", "r1", "s", "m", "d", 0)
+    store.claim_cell(CellIdentity("k", "s", "m", "d", 0), "r1")
     store.finish_cell("k", "failed", "boom", {}, [row()])
-    assert store.claim_cell("k", "r2", "s", "m", "d", 0) == "claimed"
+    assert store.claim_cell(CellIdentity("k", "s", "m", "d", 0), "r2") == "claimed"
     assert store.results() == []
     store.close()
 
 
 def test_running_cell_of_dead_process_is_taken_over(tmp_path):
     store = ResultsStore(tmp_path)
-    store.claim_cell("k", "r1", "s", "m", "d", 0)
+    store.claim_cell(CellIdentity("k", "s", "m", "d", 0), "r1")
     dead = claimant(999999999)  # a pid that does not exist
     store._conn.execute("UPDATE cells SET pid=999999999, claimant=? WHERE cell_key='k'", (dead,))
-    assert store.claim_cell("k", "r2", "s", "m", "d", 0) == "claimed"
+    assert store.claim_cell(CellIdentity("k", "s", "m", "d", 0), "r2") == "claimed"
     store._conn.execute("UPDATE cells SET pid=1, claimant=? WHERE cell_key='k'", (claimant(1),))  # init: alive
-    assert store.claim_cell("k", "r3", "s", "m", "d", 0) == "busy"
+    assert store.claim_cell(CellIdentity("k", "s", "m", "d", 0), "r3") == "busy"
     store.close()
 
 
@@ -54,7 +54,7 @@ def _worker(path, worker, n, queue):
     got = []
     for i in range(n):
         key = f"cell{i}"
-        if store.claim_cell(key, f"run{worker}", "s", f"m{i}", "d", 0) == "claimed":
+        if store.claim_cell(CellIdentity(key, "s", f"m{i}", "d", 0), f"run{worker}") == "claimed":
             store.finish_cell(key, "done", None, {}, [row(value=float(worker))])
             got.append(key)
     store.close()

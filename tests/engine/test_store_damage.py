@@ -17,7 +17,7 @@ import yaml
 from toy_suites import toy_suite
 
 from bench_core.doctor import diagnose
-from bench_core.store import ResultsStore
+from bench_core.store import CellIdentity, ResultsStore
 
 HERE = Path(__file__).parent
 KEEP = 32768  # bytes a truncated store keeps, as in `truncate -s 32768 OUT/results.sqlite`
@@ -171,7 +171,7 @@ def test_doctor_repair_salvages_readable_rows_of_truncated_store(tmp_path):
     for run in ("r1", "r2", "r3"):
         store.start_run(run, "s", "h", [], {})
     for i in range(20):
-        store.claim_cell(f"k{i}", "r3", "s", f"m{i}", "d", 0)
+        store.claim_cell(CellIdentity(f"k{i}", "s", f"m{i}", "d", 0), "r3")
     for i in range(20):
         rows = [{"task": "recon", "metric": f"metric{j}", "value": float(j), "settings": {"pad": "x" * 200},
                  "provenance": {}} for j in range(10)]  # fmt: skip

@@ -10,7 +10,7 @@ import torch
 from pytest_benchmark.fixture import BenchmarkFixture
 
 from bench_core import timing
-from bench_core.timing import ThroughputMeter, benchmark_throughput, synchronize
+from bench_core.timing import ThroughputMeter, Timing, benchmark_throughput, synchronize
 
 SLEEP = 0.02
 # time.sleep never returns early; on a loaded 2-core machine it may return late by a lot.
@@ -108,7 +108,7 @@ def test_benchmark_throughput_with_the_benchmark_fixture(benchmark) -> None:
         calls.append(time.perf_counter())
         time.sleep(SLEEP)
 
-    per_second = benchmark_throughput(benchmark, fn, items=4, device="cpu", rounds=2, batch_size=4)
+    per_second = benchmark_throughput(benchmark, fn, items=4, timing=Timing("cpu", rounds=2), batch_size=4)
     assert len(calls) == (1 if benchmark.disabled else 3)
     assert 4 / (SLEEP + SLACK) < per_second <= 4 / SLEEP
     info = benchmark.extra_info
@@ -126,7 +126,8 @@ def test_benchmark_throughput_enabled_uses_the_benchmark_mean(request) -> None:
         calls.append(1)
         time.sleep(0.3 if len(calls) == 1 else SLEEP)  # a slow first call, as a cold cache would be
 
-    per_second = benchmark_throughput(bench, fn, items=6, device="cpu", unit="samples", warmup_rounds=1, rounds=3)
+    timing = Timing("cpu", rounds=3, warmup_rounds=1)
+    per_second = benchmark_throughput(bench, fn, items=6, timing=timing, unit="samples")
     assert len(calls) == 4 and len(collected) == 1
     assert per_second == pytest.approx(6 / bench.stats.stats.mean)
     assert 6 / (SLEEP + SLACK) < per_second <= 6 / SLEEP  # the 0.3 s warm-up call is not in the mean
@@ -143,7 +144,7 @@ def test_benchmark_throughput_disabled_times_the_single_call(request) -> None:
         calls.append(1)
         time.sleep(SLEEP)
 
-    per_second = benchmark_throughput(bench, fn, items=2, device="cpu", warmup_rounds=2, rounds=5)
+    per_second = benchmark_throughput(bench, fn, items=2, timing=Timing("cpu", rounds=5, warmup_rounds=2))
     assert len(calls) == 1 and bench.stats is None
     assert 2 / (SLEEP + SLACK) < per_second <= 2 / SLEEP
     assert "benchmark disabled" in bench.extra_info["timing_protocol"]
@@ -152,7 +153,7 @@ def test_benchmark_throughput_disabled_times_the_single_call(request) -> None:
 def test_benchmark_throughput_synchronises_inside_each_round_on_cuda(request, sync_calls) -> None:
     bench = _fixture(request, disabled=False, collected=[])
     inside: list[int] = []
-    benchmark_throughput(bench, lambda: inside.append(len(sync_calls)), items=1, device="cuda", rounds=2)
+    benchmark_throughput(bench, lambda: inside.append(len(sync_calls)), items=1, timing=Timing("cuda", rounds=2))
     # 3 calls (1 warm-up + 2 rounds), each between its own synchronisations
     assert inside == [1, 3, 5] and len(sync_calls) == 6
     assert (bench.extra_info["device"], bench.extra_info["device_name"]) == ("cuda", "Fake GPU")

@@ -9,7 +9,7 @@ import torch
 
 from bench_core.feeder import MetricFeeder, build_metric
 from bench_core.rows import ResultRow
-from bench_core.store import ResultsStore
+from bench_core.store import CellIdentity, ResultsStore
 from bench_core.tables import build_tables
 from bench_plugins.metrics.fid import FID
 from bench_plugins.metrics.psnr import PSNR
@@ -61,7 +61,7 @@ def test_values_differing_only_in_counters_rank_together(tmp_path):
     for model, seed, outliers in (("a", 0, 1), ("a", 1, 4), ("b", 0, 0), ("b", 1, 2)):
         pred, target = _with_outliers(seed, high=outliers, low=0)
         key = f"{model}-{seed}"
-        store.claim_cell(key, "run", "suite", model, "data", seed)
+        store.claim_cell(CellIdentity(key, "suite", model, "data", seed), "run")
         store.finish_cell(key, "done", None, {}, _rows(PSNR, {"out_of_range": "clamp"}, pred, target))
     stored = store.results("suite")
     store.close()

@@ -15,7 +15,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from bench_core.store import ResultsStore
+from bench_core.store import CellIdentity, ResultsStore
 
 ENGINE_TESTS = Path(__file__).parents[1] / "engine"
 PROVENANCE = {
@@ -50,7 +50,7 @@ def write_cell(
     key = f"{suite}-{model}-{dataset}-{seed}"
     slug = f"{model}__{dataset}__seed{seed}".replace("<", "_").replace(">", "_").replace("/", "_")
     cell_dir = out / "cells" / slug
-    store.claim_cell(key, run_id, suite, model, dataset, seed)
+    store.claim_cell(CellIdentity(key, suite, model, dataset, seed), run_id)
     evaluation: dict[str, Any] = {"recon": {}}
     for name, values in (per_file or {}).items():
         ids = {f"item_{i:03d}": v for i, v in enumerate(values)}
@@ -100,7 +100,8 @@ def make_store() -> Callable[..., Path]:
         for model, dataset, seed, metrics, per_file in cells:
             write_cell(out, store, run_id, suite, model, dataset, seed, metrics, per_file)
         if failed:
-            store.record_cell(f"{suite}-{failed[0]}", run_id, suite, failed[0], "d", 0, "failed", failed[1])
+            cell = CellIdentity(f"{suite}-{failed[0]}", suite, failed[0], "d", 0)
+            store.record_cell(cell, run_id, "failed", failed[1])
         store.finish_run(run_id)
         store.close()
         return out
