@@ -1,7 +1,16 @@
-"""Images the evaluator writes: per-item PNGs named like the inputs, and the task grids of the report."""
+"""Images the evaluator writes: per-item PNGs named like the inputs, the task grids, and the strip items.
+
+The comparison strip of the report shows the same test items for every model of a dataset.
+Which items is decided from the item ids alone (:func:`strip_key`), so every cell scored on
+the same test items keeps the same ones, whatever the model, the seed or the order the items
+arrive in; a :class:`StripKeeper` holds only those few while the test split streams past.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import json
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -50,3 +59,40 @@ def save_grid(path: Path, columns: list[list[torch.Tensor]]) -> None:
             y, x = i * (h + gap), j * (w + gap)
             canvas[:, y : y + tile.shape[-2], x : x + tile.shape[-1]] = tile
     Image.fromarray(to_uint8(canvas)).save(path)
+
+
+STRIP_ITEMS = 6
+"""Test items per task whose input, target and output every cell keeps for the comparison strip."""
+
+STRIP_INDEX = "items.json"
+"""The file of a task's strip folder that lists its kept item ids (in strip order)."""
+
+
+def strip_key(item_id: str) -> bytes:
+    """The sort key that picks strip items: a hash of the id, so the choice is spread over the split."""
+    return hashlib.blake2b(item_id.encode(), digest_size=8).digest()
+
+
+class StripKeeper:
+    """The ``size`` items with the lowest :func:`strip_key` seen so far, with their display tiles."""
+
+    def __init__(self, size: int = STRIP_ITEMS) -> None:
+        self.size = size
+        self.kept: list[tuple[bytes, str, dict[str, torch.Tensor]]] = []
+
+    def offer(self, item_id: str, tiles: Callable[[], Mapping[str, torch.Tensor]]) -> None:
+        """Keep ``item_id`` if it is among the lowest keys; ``tiles`` (role -> (C, H, W) image) is called only then."""
+        key = strip_key(item_id)
+        if len(self.kept) == self.size and (key, item_id) >= self.kept[-1][:2]:
+            return
+        self.kept.append((key, item_id, {role: t.detach().cpu() for role, t in tiles().items()}))
+        self.kept.sort(key=lambda entry: entry[:2])
+        del self.kept[self.size :]
+
+    def save(self, folder: Path) -> None:
+        """One PNG per item and role under ``folder/<role>/``, and the ids in strip order in ``folder/items.json``."""
+        for _, item_id, tiles in self.kept:
+            for role, tile in tiles.items():
+                (folder / role).mkdir(parents=True, exist_ok=True)
+                Image.fromarray(to_uint8(tile)).save(folder / role / f"{Path(item_id).name}.png")
+        (folder / STRIP_INDEX).write_text(json.dumps([item_id for _, item_id, _ in self.kept]))

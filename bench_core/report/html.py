@@ -22,7 +22,10 @@ from typing import Any
 
 from bench_core.api import BenchError
 from bench_core.fileio import write_atomic
+from bench_core.metric_reading import row_reading
 from bench_core.report.jinja import engine_version, environment
+from bench_core.report.readable import settings_line
+from bench_core.report.strip import build_strips
 from bench_core.report.plots import dataset_plots
 from bench_core.results import StoredResults, load_results, provenance_context
 from bench_core.tables import Aggregate, Table, aggregate, arrow, build_tables
@@ -30,6 +33,7 @@ from bench_core.tables import Aggregate, Table, aggregate, arrow, build_tables
 _WIDTH, _HEIGHT = 420, 130
 WORST_N = 8
 BENCHMARKS_NAME = "benchmarks.json"
+STRIPS_DIR = "strips"
 
 
 def curve_svg(points: list[dict[str, float]], key: str = "loss") -> str:
@@ -90,6 +94,7 @@ def build_report(
     cell_pages = _cell_pages(data)
     common = {"suite": data.suite, "provenance": provenance_context(data), "version": engine_version(), "arrow": arrow}
     suite_text = _read(output_dir / "suite.yaml")
+    strip_pages = _write_strips(env, common, data, tables)
     page = env.get_template("index.html").render(
         **common,
         **_index_context(data, tables, cell_pages),
@@ -98,6 +103,7 @@ def build_report(
         suite_text=suite_text,
         cells=data.cells,
         cell_pages=cell_pages,
+        strip_pages=strip_pages,
         sections=extra_sections or [],
         speed=speed,
         cell_title=_cell_title,
@@ -113,11 +119,23 @@ def build_report(
         context["flags"] = [f"{t.task}: {flag}" for t in tables if t.dataset == c["dataset"]
                             for flag in t.flags.get(c["model"], [])]  # fmt: skip
         html = env.get_template("cell.html").render(
-            **common, root="../" * info["depth"], cell=c, provenance_runs=provenance_context(data, c), **context
+            **common, root="../" * info["depth"], cell=c, provenance_runs=provenance_context(data, c),
+            strip=strip_pages.get(c["dataset"]), **context,
         )
         write_atomic(output_dir / info["dir"] / "index.html", html, durable=False)
     write_atomic(output_dir / "leaderboard.json", json.dumps(tables_json(tables), indent=1, sort_keys=True))
     return index
+
+
+def _write_strips(env: Any, common: dict[str, Any], data: StoredResults, tables: list[Table]) -> dict[str, str]:
+    """Write ``strips/<n>-<dataset>.html`` per dataset with kept strip items; return dataset -> href."""
+    hrefs = {}
+    for n, (dataset, strips) in enumerate(build_strips(data, tables).items(), start=1):
+        safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in dataset)
+        hrefs[dataset] = f"{STRIPS_DIR}/{n}-{safe}.html"  # the number keeps two labels that sanitise alike apart
+        html = env.get_template("strip.html").render(**common, root="../", dataset=dataset, strips=strips)
+        write_atomic(data.output_dir / hrefs[dataset], html, durable=False)
+    return hrefs
 
 
 def _speed(output_dir: Path, benchmarks: Path | None) -> dict[str, Any] | None:
@@ -180,9 +198,12 @@ def _cell_context(cell: dict[str, Any], data: StoredResults, depth: int) -> dict
     numbers = []
     for r in rows:
         agg = aggregate([r], data.per_item)
+        reading = row_reading(r.provenance, r.higher_is_better)
         # The cell's own numbers show what each was computed with and on: settings and counters together.
         numbers.append({"task": r.task, "metric": r.metric, "higher": r.higher_is_better, "agg": agg,
-                        "settings": {**r.settings, **r.counters}})  # fmt: skip
+                        "settings": {**r.settings, **r.counters}, "line": settings_line(r.settings),
+                        "description": reading.description,
+                        "headline": reading.headline and r.kind in ("metric", "baseline")})  # fmt: skip
     curves = []
     for stage in details.get("stages", []):
         keys = sorted({k for p in stage.get("curve", []) for k in p if k != "step"}, key=lambda k: (k != "loss", k))
@@ -196,8 +217,10 @@ def _cell_context(cell: dict[str, Any], data: StoredResults, depth: int) -> dict
         for task, name in details.get("grids", {}).items()
     ]
     directions = {(r.task, r.metric): r.higher_is_better for r in rows}
-    galleries = _worst_items(data.evals.get(cell["cell_key"], {}), directions, spec, cell_dir)
-    return {"numbers": numbers, "curves": curves, "grids": grids, "galleries": galleries, "spec": spec}
+    headline = {r.metric for r in rows if row_reading(r.provenance, r.higher_is_better).headline}
+    galleries = _worst_items(data.evals.get(cell["cell_key"], {}), directions, headline, spec, cell_dir)
+    return {"numbers": numbers, "headline": [x for x in numbers if x["headline"]], "curves": curves, "grids": grids,
+            "galleries": galleries, "spec": spec}  # fmt: skip
 
 
 def _task_modalities(task: str, spec: dict[str, Any]) -> tuple[str | None, str | None]:
@@ -223,16 +246,17 @@ def _grid_caption(task: str, spec: dict[str, Any]) -> str:
 
 
 def _worst_items(
-    evaluation: dict[str, Any], directions: dict[tuple[str, str], bool | None], spec: dict[str, Any], cell_dir: Path
-) -> list[dict[str, Any]]:
-    """Per task, the WORST_N test items by SSIM (else the first paired metric with per-item values)."""
+    evaluation: dict[str, Any], directions: dict[tuple[str, str], bool | None], headline: set[str],
+    spec: dict[str, Any], cell_dir: Path,
+) -> list[dict[str, Any]]:  # fmt: skip
+    """Per task, the WORST_N test items by its first headline metric with per-item values (else first ranked)."""
     galleries = []
     for task, metrics in evaluation.items():
         candidates = [m for m, e in metrics.items() if isinstance(e, dict) and e.get("per_file")]
         candidates = [m for m in candidates if directions.get((task, m)) is not None]
         if not candidates:
             continue
-        metric = "ssim" if "ssim" in candidates else candidates[0]
+        metric = next((m for m in candidates if m in headline), candidates[0])  # eval.json keeps the suite's order
         higher = directions[(task, metric)]
         per_file = metrics[metric]["per_file"]
         # Worst first; ties broken by id so the gallery is the same on every rebuild.

@@ -45,4 +45,20 @@
       });
     });
   });
+  // Select (click, or Enter on) an image link with class "zoom" to see it large in a modal dialog;
+  // Escape, the close button or a click outside closes it. Without script the link opens the file.
+  var view = document.querySelector("dialog.zoom-view");
+  if (view && typeof view.showModal === "function") {
+    var big = view.querySelector("img"), caption = view.querySelector(".caption");
+    Array.prototype.forEach.call(document.querySelectorAll("a.zoom"), function (link) {
+      link.addEventListener("click", function (e) {
+        e.preventDefault();
+        big.src = link.getAttribute("href");
+        big.alt = link.title;
+        caption.textContent = link.title.replace(/^enlarge: /, "");
+        view.showModal();
+      });
+    });
+    view.addEventListener("click", function (e) { if (e.target === view) { view.close(); } });
+  }
 })();
