@@ -34,7 +34,7 @@ from torch.utils.data import DataLoader, Dataset
 from bench_core import distributed as ddp
 from bench_core.api import RECONSTRUCT, SAMPLE, TRANSLATE, BenchError, DataSpec
 from bench_core.feeder import MetricFeeder, build_metric
-from bench_core.images import save_grid, save_images, view2d
+from bench_core.images import StripKeeper, save_grid, save_images, view2d
 from bench_core.rows import ResultRow, input_dependence_row, throughput_row
 from bench_core.timing import ThroughputMeter
 from bench_core.torchutil import autocast, to_device
@@ -224,6 +224,7 @@ class _TaskState:
         self.values_total = 0
         self.pred_spread, self.target_spread = Spread(), Spread()
         self.grid_rows: list[list[torch.Tensor]] = []  # columns of (gt, pred, |err|) or (source, sample)
+        self.strip = StripKeeper()  # the same few test items in every cell, for the report's comparison strip
         self.failed: str | None = None  # why the task failed; it is then neither called nor fed again
 
     def fail(self, exc: BaseException | str) -> None:
@@ -245,6 +246,18 @@ class _TaskState:
                 column = [view2d(source)] if self.task.source != self.task.target else []
                 column += [view2d(target01[i]), view2d(pred01[i]), view2d((pred01[i] - target01[i]).abs())]
             self.grid_rows.append([c.cpu() for c in column])
+
+    def keep_strip(self, pred01: torch.Tensor, target01: torch.Tensor, batch: dict[str, Any], ids: list[str]) -> None:
+        """Offer a batch's items to the strip: input (translation only), target and output at display size."""
+
+        def tiles(i: int) -> dict[str, torch.Tensor]:
+            out = {"target": view2d(target01[i]), "output": view2d(pred01[i])}
+            if self.task.source != self.task.target:
+                out["input"] = view2d(self.unit(batch[self.task.source][i].float()))
+            return out
+
+        for i, item_id in enumerate(ids):
+            self.strip.offer(item_id, functools.partial(tiles, i))
 
 
 @dataclass
@@ -349,6 +362,8 @@ def _feed_task(run: _Pass, state: _TaskState, batch: dict[str, Any], pred: torch
         state.pred_spread.update(pred01)
         state.target_spread.update(target01)
     state.keep_grid(pred01, target01, batch, run.settings.grid_size)
+    if task.kind != SAMPLE:  # samples have no test item to line up with
+        state.keep_strip(pred01, target01, batch, ids)
     if run.settings.save_images:
         numbered = {"prefix": "sample_", "start": state.items - n} if task.kind == SAMPLE else {}
         save_images(run.out_dir / task.name, ids, pred01, **numbered)  # samples have no input to be named after
@@ -395,6 +410,9 @@ def _task_results(state: _TaskState, settings: EvalSettings, out_dir: Path, outc
         path = out_dir / f"{task.name}_grid.png"
         save_grid(path, state.grid_rows)
         outcome.grids[task.name] = path.name
+    # Kept even without save_images: a few small files per task, and the report's strip reads nothing else.
+    if state.strip.kept:
+        state.strip.save(out_dir / "strip" / task.name)
 
 
 def _sample_details(task: Task, result: Any, n_samples: int) -> dict[str, dict[str, Any]]:
