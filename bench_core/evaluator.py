@@ -187,6 +187,7 @@ def evaluate(job: EvalJob, settings: EvalSettings, out_dir: Path) -> EvalOutcome
     _feed_training_items(job, live, settings)
     for state in live:
         _task_results(state, settings, out_dir, outcome)
+    _save_nearest_training_images(job, live, settings, out_dir, outcome)
     return outcome
 
 
@@ -434,6 +435,42 @@ def _sample_details(task: Task, result: Any, n_samples: int) -> dict[str, dict[s
         samples = {f"sample_{j:05d}": d for j, d in enumerate(details)}
         entries[name] = {"mean": part.value, "std": part.std, "n": part.n, "samples": samples}
     return entries
+
+
+NEAREST_TRAIN_IMAGES = 8
+"""Per memorisation metric, the samples closest to the training set whose nearest training image is saved."""
+
+
+def _save_nearest_training_images(
+    job: EvalJob, states: list[_TaskState], settings: EvalSettings, out_dir: Path, outcome: EvalOutcome
+) -> None:
+    """Save, as ``train_nearest/<id>.png``, the training items nearest to the samples closest to the training set.
+
+    They come from the sample details in ``outcome`` (``train_id`` and ``train_index``, the item's
+    position in the split, which is streamed in order), so the report shows each close sample beside
+    its training item; an item whose id is not the one at that position is left out, with a note.
+    """
+    sample = next((s for s in states if s.task.kind == SAMPLE), None)
+    if job.train is None or sample is None or not settings.save_images:
+        return
+    for index, train_id in sorted(_nearest_training_items(outcome.per_file.get(sample.task.name, {})).items()):
+        item = job.train[index]
+        if str(item["id"]) != train_id:
+            outcome.notes.append(f"training item {index} is {item['id']!r}, not {train_id!r} as the sample details "
+                                 "say: its image is not saved beside the closest samples")  # fmt: skip
+            continue
+        image = sample.unit(torch.as_tensor(item[sample.task.target]).float()[None])
+        save_images(out_dir / "train_nearest", [train_id], image)
+
+
+def _nearest_training_items(entries: Mapping[str, dict[str, Any]]) -> dict[int, str]:
+    """``train_index -> train_id`` of the nearest training items of each metric's closest samples."""
+    wanted: dict[int, str] = {}
+    for entry in entries.values():
+        closest = sorted((entry.get("samples") or {}).values(), key=lambda d: d["distance"])
+        wanted.update({d["train_index"]: str(d["train_id"]) for d in closest[:NEAREST_TRAIN_IMAGES]
+                       if isinstance(d.get("train_index"), int)})  # fmt: skip
+    return wanted
 
 
 def validation_score(job: EvalJob, settings: EvalSettings) -> float:

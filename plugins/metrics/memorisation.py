@@ -37,9 +37,11 @@ For every training item ``t``: ``d_T(t)``, the distance to its nearest *other* t
   sample task as ``sample/sample_{j:05d}.png``. Data-dependent entries live only here, in an
   unranked metric, so they never make the ranked columns "not comparable".
 
-Per generated sample, each metric also returns its nearest training item's id, the distance ``d(g)``
-and that item's ``d_T`` (:attr:`MetricValue.item_details`, per plane in 3D): the engine saves them
-in the cell's ``eval.json`` under ``samples``, keyed by the sample's image name.
+Per generated sample, each metric also returns its nearest training item's id and position among
+the training items fed (``train_index``), the distance ``d(g)`` and that item's ``d_T``
+(:attr:`MetricValue.item_details`, per plane in 3D): the engine saves them in the cell's
+``eval.json`` under ``samples``, keyed by the sample's image name, and the training images
+nearest to the closest samples beside them, for the cell page.
 
 Distances are exact (float64, :mod:`._knn`; memory bounded by ``chunk_size``, time
 ``O(n_train (n_train + m) d)``). 3D volumes are compared per plane of centre slices, each a
@@ -154,9 +156,9 @@ class TrainingSetMetric(FeatureMetricBase):
     def _nearest_items(
         self, nearest: torch.Tensor, nearest_idx: torch.Tensor, train_nn: torch.Tensor
     ) -> list[dict[str, Any]]:
-        """Per generated item: its nearest training item's id, the distance, and that item's own neighbour distance."""
+        """Per generated item: the nearest training item's id and position (order fed), the distance, and its d_T."""
         return [
-            {"train_id": self.train_ids[j], "distance": d, "train_nn_distance": nn}
+            {"train_id": self.train_ids[j], "train_index": j, "distance": d, "train_nn_distance": nn}
             for j, d, nn in zip(nearest_idx.tolist(), nearest.tolist(), train_nn[nearest_idx].tolist(), strict=True)
         ]
 

@@ -312,6 +312,7 @@ def test_per_sample_nearest_training_items_equal_brute_force():
         details = fed(cls, train, fake, chunk_size=7).compute().item_details
         assert len(details) == 30
         assert [d["train_id"] for d in details] == [f"train_{j}" for j in gt.argmin(axis=1)]
+        assert [d["train_index"] for d in details] == gt.argmin(axis=1).tolist()
         np.testing.assert_allclose([d["distance"] for d in details], gt.min(axis=1), rtol=1e-12, atol=1e-12)
         np.testing.assert_allclose([d["train_nn_distance"] for d in details], tt.min(axis=1)[gt.argmin(axis=1)],
                                    rtol=1e-12)  # fmt: skip
@@ -326,7 +327,8 @@ def test_per_sample_details_of_volumes_are_per_plane():
     assert result.item_details is None and len(result.components) == 3
     for part in result.components.values():  # every plane finds the copied volumes' own slices
         assert len(part.item_details) == 12
-        assert [(d["train_id"], d["distance"]) for d in part.item_details[:3]] == [(f"train_{j}", 0.0) for j in range(3)]
+        copies = [(d["train_id"], d["distance"]) for d in part.item_details[:3]]
+        assert copies == [(f"train_{j}", 0.0) for j in range(3)]
         assert all(d["distance"] > 0 for d in part.item_details[3:])
 
 
@@ -374,3 +376,54 @@ def test_evaluator_refuses_item_details_that_do_not_match_the_samples(tmp_path: 
     else:  # the engine records a failed task instead of failing the cell
         message = outcome.failed["sample"]
     assert "wrong-details: 9 item details on task sample" in message and "(10)" in message
+
+
+def test_evaluator_saves_the_training_images_nearest_to_the_closest_samples(tmp_path: Path):
+    from PIL import Image
+
+    train, test = smooth(20, seed=11), smooth(10, seed=12)
+    spec = DataSpec(("image",), (1,), 2, (12, 12), (-1.0, 1.0))
+    model = _Sampler(train)
+    settings = EvalSettings(device=torch.device("cpu"), batch_size=6, n_samples=10)
+    tasks = tasks_for(model.capabilities, spec)
+    outcome = evaluate(model, _Split(test, "t"), spec, tasks, {"copies": (Copies, PYRAMID)}, settings, tmp_path,
+                       train=_Split(train, "tr"))  # fmt: skip
+    samples = outcome.per_file["sample"]["copies"]["samples"]
+    assert [samples[f"sample_{j:05d}"]["train_index"] for j in range(4)] == [0, 1, 2, 3]
+    closest = sorted(samples.values(), key=lambda d: d["distance"])[:8]
+    saved = sorted(p.stem for p in (tmp_path / "train_nearest").glob("*.png"))
+    assert saved == sorted({d["train_id"] for d in closest})
+    for j in range(4):  # the copied samples and their training images: the same pixels
+        copy = np.asarray(Image.open(tmp_path / "sample" / f"sample_{j:05d}.png"))
+        original = np.asarray(Image.open(tmp_path / "train_nearest" / f"tr{j}.png"))
+        np.testing.assert_array_equal(original, np.round(train[j, 0].numpy() * 255).astype(np.uint8))
+        np.testing.assert_array_equal(copy, original)
+
+
+class _Shuffled(_Split):
+    """A split whose items are not where their position says: the sample details point at other ids."""
+
+    def __getitem__(self, i: int) -> dict:
+        item = super().__getitem__(i)
+        return item if self.order is None else {**item, "id": f"{self.prefix}{self.order[i]}"}
+
+    order: list[int] | None = None
+
+
+def test_saved_training_images_are_checked_against_their_ids(tmp_path: Path):
+    train, test = smooth(20, seed=11), smooth(10, seed=12)
+    spec = DataSpec(("image",), (1,), 2, (12, 12), (-1.0, 1.0))
+    split = _Shuffled(train, "tr")
+
+    class Renaming(Copies):
+        def compute(self):
+            split.order = list(reversed(range(20)))  # after the training pass: what is read back differs
+            return super().compute()
+
+    model = _Sampler(train)
+    settings = EvalSettings(device=torch.device("cpu"), batch_size=6, n_samples=10)
+    tasks = tasks_for(model.capabilities, spec)
+    outcome = evaluate(model, _Split(test, "t"), spec, tasks, {"copies": (Renaming, PYRAMID)}, settings, tmp_path,
+                       train=split)  # fmt: skip
+    assert not list((tmp_path / "train_nearest").glob("*.png"))
+    assert any("training item 0 is 'tr19', not 'tr0'" in note for note in outcome.notes)
