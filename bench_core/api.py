@@ -73,19 +73,41 @@ class DataSpec:
         channels: channels per modality, in the order of ``modalities``.
         dims: spatial dimensions, 2 (images) or 3 (volumes).
         shape: spatial shape of every yielded tensor (``(H, W)`` or ``(D, H, W)``).
-        value_range: ``(low, high)`` range of the yielded tensors; the engine maps this
-            range to ``[0, 1]`` before computing metrics, and metrics use ``data_range=1``.
+        value_range: ``(low, high)`` of every modality: the API 1.0 form, kept working. With
+            ``ranges`` it may be left out; it then reads as the common range when every
+            modality has the same one, and as ``None`` when they differ.
         split_sizes: number of items per split.
         description: one line for reports (modality names, source, preprocessing).
+        ranges: ``(low, high)`` per modality, in the order of ``modalities`` (API 1.1), e.g.
+            CT in Hounsfield units beside MR in ``[0, 1]``. The engine maps each modality's
+            range to ``[0, 1]`` before computing metrics (a prediction by the range of the
+            modality it predicts), and metrics use ``data_range=1``. Default: ``value_range``
+            for every modality. Read one with :meth:`range_of`.
     """
 
     modalities: tuple[str, ...]
     channels: tuple[int, ...]
     dims: int
     shape: tuple[int, ...]
-    value_range: tuple[float, float]
+    value_range: tuple[float, float] | None = None
     split_sizes: Mapping[str, int] = field(default_factory=dict)
     description: str = ""
+    ranges: tuple[tuple[float, float], ...] | None = None
+
+    def __post_init__(self) -> None:
+        if self.ranges is None:
+            if self.value_range is None:
+                raise ValueError("DataSpec needs value_range (one range) or ranges (one per modality)")
+            object.__setattr__(self, "ranges", (_range(self.value_range),) * len(self.modalities))
+            return
+        ranges = tuple(_range(r) for r in self.ranges)
+        if len(ranges) != len(self.modalities):
+            count = f"DataSpec has {len(ranges)} ranges {ranges}"
+            raise ValueError(f"{count} for modalities {self.modalities}; give one each")
+        if self.value_range is not None and set(ranges) != {_range(self.value_range)}:
+            raise ValueError(f"DataSpec value_range {self.value_range} contradicts ranges {ranges}; give ranges only")
+        object.__setattr__(self, "ranges", ranges)
+        object.__setattr__(self, "value_range", ranges[0] if len(set(ranges)) == 1 else None)
 
     @property
     def paired(self) -> bool:
@@ -95,6 +117,18 @@ class DataSpec:
     def channels_of(self, modality: str) -> int:
         """Channel count of ``modality``."""
         return self.channels[self.modalities.index(modality)]
+
+    def range_of(self, modality: str) -> tuple[float, float]:
+        """The ``(low, high)`` value range of ``modality``."""
+        assert self.ranges is not None  # set by __post_init__
+        return self.ranges[self.modalities.index(modality)]
+
+
+def _range(value: Iterable[float]) -> tuple[float, float]:
+    low, high = (float(v) for v in value)
+    if not low < high:
+        raise ValueError(f"DataSpec value range ({low:g}, {high:g}) must have low < high")
+    return low, high
 
 
 @runtime_checkable

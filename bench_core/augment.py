@@ -71,10 +71,13 @@ class PairedAugment:
     Args:
         settings: output of :func:`check_settings`.
         modalities: the keys of the batch holding images (``DataSpec.modalities``).
-        low: the low end of the data's value range (what a crop reads outside the image).
+        low: the low end of the data's value range (what a crop reads outside the image), or
+            one per modality when their ranges differ.
     """
 
-    def __init__(self, settings: Mapping[str, Any], modalities: tuple[str, ...], low: float) -> None:
+    def __init__(
+        self, settings: Mapping[str, Any], modalities: tuple[str, ...], low: float | Mapping[str, float]
+    ) -> None:
         self.settings = dict(settings)
         self.modalities = modalities
         self.low = low
@@ -104,14 +107,19 @@ class PairedAugment:
             if both.dim() != 4:
                 raise BenchError("augment.resized_crop works on 2D images; the batch holds 3D volumes")
             mask = coin(crop["p"])
-            both = torch.where(mask, resized_crop(both, crop["scale"], crop["shift"], self.low, generator), both)
+            low: float | torch.Tensor = self.low if not isinstance(self.low, Mapping) else torch.cat(
+                [torch.full((x.shape[1],), float(self.low[m])) for m, x in zip(self.modalities, xs, strict=True)]
+            ).to(both).view(1, -1, 1, 1)  # fmt: skip
+            both = torch.where(mask, resized_crop(both, crop["scale"], crop["shift"], low, generator), both)
         out = dict(batch)
         for m, part in zip(self.modalities, both.split([x.shape[1] for x in xs], dim=1), strict=True):
             out[m] = part
         return out
 
 
-def resized_crop(x: torch.Tensor, scale: float, shift: int, low: float, generator: torch.Generator) -> torch.Tensor:
+def resized_crop(
+    x: torch.Tensor, scale: float, shift: int, low: float | torch.Tensor, generator: torch.Generator
+) -> torch.Tensor:
     """Crop a box of ``size * (1 ± scale)`` px per axis at an integer offset, resized back to ``(H, W)``."""
     n, _, h, w = x.shape
     size = torch.tensor([h, w], dtype=torch.float32)

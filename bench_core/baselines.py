@@ -85,11 +85,15 @@ class MeanImage(Baseline):
 
 
 class Identity(Baseline):
-    """The input itself as the translation (both modalities share the dataset's value range)."""
+    """The input itself as the translation, carried linearly from its modality's value range to the target's."""
 
     name = "identity"
     capabilities = frozenset({TRANSLATE})
     description = "the input image returned unchanged as the other modality"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ranges: dict[str, tuple[float, float]] = {}
 
     def incompatibility(self, spec: DataSpec) -> str | None:
         if len(set(spec.channels)) > 1:
@@ -97,11 +101,15 @@ class Identity(Baseline):
         return None
 
     def fit(self, train: Dataset, spec: DataSpec, batch_size: int) -> None:
-        """Nothing to fit."""
+        """Nothing to fit: only the modalities' value ranges are kept."""
+        self.ranges = {m: spec.range_of(m) for m in spec.modalities}
 
     def translate(self, x: torch.Tensor, source: str, target: str) -> torch.Tensor:
-        """The input, unchanged."""
-        return x.clone()
+        """The input; rescaled (its range's low end to the target's, high to high) where the ranges differ."""
+        (lo, hi), (to_lo, to_hi) = self.ranges[source], self.ranges[target]
+        if (lo, hi) == (to_lo, to_hi):
+            return x.clone()
+        return (x - lo) / (hi - lo) * (to_hi - to_lo) + to_lo
 
 
 class NearestTrain(Baseline):

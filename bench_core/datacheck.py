@@ -100,7 +100,7 @@ class CheckReport:
         if spec is not None:
             channels = ", ".join(f"{m}:{c}" for m, c in zip(spec.modalities, spec.channels, strict=True))
             lines.append(
-                f"  spec: {channels} channels, {spec.dims}D shape {spec.shape}, value range {spec.value_range}"
+                f"  spec: {channels} channels, {spec.dims}D shape {spec.shape}, value range {_ranges(spec)}"
             )
         header = ("split", "items", "bad", "shapes", "dtype", "min", "max", "NaN", "Inf", "pairs")
         rows = [header] + [_row(self.splits[name]) for name in SPLITS if name in self.splits]
@@ -215,8 +215,8 @@ def _check_item(item: Any, spec: DataSpec, split: SplitReport) -> list[str]:
         return [f"item is a {type(item).__name__}, not a dict"]
     reasons = [] if "id" in item else ["no 'id' field"]
     spatial: dict[str, tuple[int, ...]] = {}
-    low, high = spec.value_range
     for modality, channels in zip(spec.modalities, spec.channels, strict=True):
+        low, high = spec.range_of(modality)
         tensor = item.get(modality)
         if not isinstance(tensor, torch.Tensor):
             reasons.append(f"{modality} missing" if tensor is None else f"{modality} is not a tensor")
@@ -247,6 +247,13 @@ def _check_item(item: Any, spec: DataSpec, split: SplitReport) -> list[str]:
             split.mismatched_pairs += 1
             reasons.append(f"pair mismatch: {a} spatial shape {spatial[a]} != {b} spatial shape {spatial[b]}")
     return reasons
+
+
+def _ranges(spec: DataSpec) -> str:
+    """The value range, or each modality's where they differ."""
+    if spec.value_range is not None:
+        return str(spec.value_range)
+    return ", ".join(f"{m} {spec.range_of(m)}" for m in spec.modalities)
 
 
 def _describe(exc: BaseException) -> str:

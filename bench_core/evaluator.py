@@ -4,8 +4,8 @@ Tasks follow from the model's capabilities and the dataset's modalities: ``recon
 single-modality data, ``A2A``/``B2B`` and ``A2B``/``B2A`` for paired data, and
 ``sample``. One pass over the test loader feeds every reconstruction and translation
 task batch by batch, so no test set is ever held in memory. Predictions and targets are
-mapped from the dataset's value range to ``[0, 1]`` (predictions clamped, and the count
-recorded) before the metrics see them, so every metric uses ``data_range = 1``. Rows of
+mapped from the value range of the modality they are (``DataSpec.range_of``) to ``[0, 1]``
+(predictions clamped, and the count recorded) before the metrics see them, so every metric uses ``data_range = 1``. Rows of
 per-item metrics carry the seeded bootstrap 95% interval of their mean over test items.
 
 Every reconstruction and translation task also stores a diagnostic row,
@@ -159,9 +159,7 @@ def evaluate(job: EvalJob, settings: EvalSettings, out_dir: Path) -> EvalOutcome
     """Run every task of ``job`` over its test split and return the rows; images and grids go under ``out_dir``."""
     outcome = EvalOutcome()
     job.model.eval()
-    lo, hi = job.spec.value_range
-    unit = functools.partial(to_unit, lo=lo, hi=hi)
-    states = [_TaskState(t, _task_feeder(job, t, outcome.notes), unit, settings.device) for t in job.tasks]
+    states = [_TaskState(t, _task_feeder(job, t, outcome.notes), job.spec, settings.device) for t in job.tasks]
     if settings.model_temperature is not None and not takes_temperature(job.model):
         outcome.notes.append(
             f"the model's reconstruct/translate take no temperature: t={settings.model_temperature:g} "
@@ -196,6 +194,12 @@ def to_unit(x: torch.Tensor, lo: float, hi: float) -> torch.Tensor:
     return ((x - lo) / (hi - lo)).clamp(0, 1)
 
 
+def unit_of(spec: DataSpec, modality: str) -> Callable[[torch.Tensor], torch.Tensor]:
+    """:func:`to_unit` with the value range of ``modality`` (each modality of a pair may have its own)."""
+    lo, hi = spec.range_of(modality)
+    return functools.partial(to_unit, lo=lo, hi=hi)
+
+
 class _Caller:
     """Calls a task's capability method: the suite's temperature when the model takes one, seeded samples."""
 
@@ -217,8 +221,11 @@ class _Caller:
 class _TaskState:
     """One task's feeder, timing, counters, spreads and grid during a pass."""
 
-    def __init__(self, task: Task, feeder: MetricFeeder, unit: Callable, device: torch.device) -> None:
-        self.task, self.feeder, self.unit = task, feeder, unit
+    def __init__(self, task: Task, feeder: MetricFeeder, spec: DataSpec, device: torch.device) -> None:
+        self.task, self.feeder = task, feeder
+        self.range = spec.range_of(task.target)  # predictions are in the range of the modality they predict
+        self.unit = unit_of(spec, task.target)
+        self.source_unit = unit_of(spec, task.source) if task.source is not None else None
         self.meter = ThroughputMeter(device, skip_first=1)  # the first batch pays for warm-up
         self.items = 0
         self.clamped = 0
@@ -243,7 +250,7 @@ class _TaskState:
             if self.task.kind == SAMPLE:
                 column = [view2d(pred01[i])]
             else:
-                source = self.unit(batch[self.task.source][i].float())
+                source = self.source_unit(batch[self.task.source][i].float())
                 column = [view2d(source)] if self.task.source != self.task.target else []
                 column += [view2d(target01[i]), view2d(pred01[i]), view2d((pred01[i] - target01[i]).abs())]
             self.grid_rows.append([c.cpu() for c in column])
@@ -254,7 +261,7 @@ class _TaskState:
         def tiles(i: int) -> dict[str, torch.Tensor]:
             out = {"target": view2d(target01[i]), "output": view2d(pred01[i])}
             if self.task.source != self.task.target:
-                out["input"] = view2d(self.unit(batch[self.task.source][i].float()))
+                out["input"] = view2d(self.source_unit(batch[self.task.source][i].float()))
             return out
 
         for i, item_id in enumerate(ids):
@@ -330,7 +337,7 @@ def _feed_batch(run: _Pass, batch: dict[str, Any], preds: dict[str, torch.Tensor
         spec = run.job.spec
         for modality in spec.modalities:
             folder = f"gt{modality}" if spec.paired else "gt"
-            save_images(run.out_dir / folder, ids, to_unit(batch[modality].float(), *spec.value_range))
+            save_images(run.out_dir / folder, ids, unit_of(spec, modality)(batch[modality].float()))
 
 
 def _feed_checked(run: _Pass, state: _TaskState, batch: dict[str, Any], pred: torch.Tensor, ids: list[str]) -> None:
@@ -353,7 +360,7 @@ def _feed_task(run: _Pass, state: _TaskState, batch: dict[str, Any], pred: torch
         raise TaskFailed(
             f"task {task.name}: model output shape {tuple(pred.shape)} differs from the target's {tuple(target.shape)}"
         )
-    lo, hi = run.job.spec.value_range
+    lo, hi = state.range
     pred01 = (pred - lo) / (hi - lo)
     state.clamped += int(((pred01 < 0) | (pred01 > 1)).sum())
     state.values_total += pred01.numel()
@@ -481,7 +488,7 @@ def validation_score(job: EvalJob, settings: EvalSettings) -> float:
     (task,) = job.tasks
     ((name, (cls, options)),) = job.metrics.items()
     feeder = MetricFeeder({name: (cls, build_metric(cls, options, job.spec.dims))})
-    lo, hi = job.spec.value_range
+    unit = unit_of(job.spec, task.target)
     call = _Caller(job.model, settings)
     seen = 0
     for batch in _loader(job.test, settings):
@@ -494,7 +501,7 @@ def validation_score(job: EvalJob, settings: EvalSettings) -> float:
         batch = to_device(batch, settings.device)
         with autocast(settings.device, settings.precision):
             pred = call(task, batch, n).float()
-        feeder.update(to_unit(pred, lo, hi), to_unit(batch[task.target][:n].float(), lo, hi), batch["id"])
+        feeder.update(unit(pred), unit(batch[task.target][:n].float()), batch["id"])
     if seen == 0:
         raise BenchError("validation: the val split is empty; remove `validation:` or give the dataset a val split")
     (result,) = feeder.compute()

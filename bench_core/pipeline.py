@@ -183,7 +183,7 @@ def _train_settings(ctx: CellContext, stage: Any, previous: dict[str, Any] | Non
         steps=budget.steps, epochs=budget.epochs, batch_size=budget.batch_size,
         accumulate=budget.accumulate, checkpoint_every=budget.checkpoint_every,
         progress=ctx.run.progress, label=ctx.cell.id, num_workers=suite.workers,
-        augment=PairedAugment(ctx.cell.dataset.augment, ctx.spec.modalities, ctx.spec.value_range[0]) or None,
+        augment=PairedAugment(ctx.cell.dataset.augment, ctx.spec.modalities, _lows(ctx.spec)) or None,
         initial_optimizer=previous if stage.continue_optimizer else None, **validation,
     )  # fmt: skip
 
@@ -321,12 +321,26 @@ def run_baseline_cell(run: RunContext, cell: BaselineCell) -> tuple[list[ResultR
 
 # -- helpers --------------------------------------------------------------------------------------
 def spec_dict(spec: DataSpec) -> dict[str, Any]:
-    """A dataset's spec as stored with its cells (and shown in the report)."""
-    return {
+    """A dataset's spec as stored with its cells (and shown in the report).
+
+    ``ranges`` (one per modality) only where the modalities' ranges differ (``value_range`` is
+    then ``None``), so the checkpoint keys of specs with one range stay what they were.
+    """
+    out = {
         "modalities": list(spec.modalities), "channels": list(spec.channels), "dims": spec.dims,
-        "shape": list(spec.shape), "value_range": list(spec.value_range), "splits": dict(spec.split_sizes),
-        "description": spec.description,
+        "shape": list(spec.shape), "value_range": list(spec.value_range) if spec.value_range else None,
+        "splits": dict(spec.split_sizes), "description": spec.description,
     }  # fmt: skip
+    if spec.value_range is None:
+        out["ranges"] = {m: list(spec.range_of(m)) for m in spec.modalities}
+    return out
+
+
+def _lows(spec: DataSpec) -> float | dict[str, float]:
+    """What a crop reads outside the image: the low end of the value range (of each modality, when they differ)."""
+    if spec.value_range is not None:
+        return spec.value_range[0]
+    return {m: spec.range_of(m)[0] for m in spec.modalities}
 
 
 def slug(text: str) -> str:

@@ -40,11 +40,11 @@ LAYOUT = (
 )
 PATTERNS = ("*.png", "*.nii", "*.nii.gz")
 OUTPUT_RANGE = (-1.0, 1.0)
-"""Every modality's declared range is mapped linearly onto this range, the one the spec declares."""
+"""Every modality's declared range is mapped linearly onto this range (unless ``keep_ranges``)."""
 DEFAULT_MODALITY = "image"
 DEFAULT_VAL_FRACTION = 0.1
 FITS = ("resize", "crop")
-_OPTIONS = ("modalities", "size", "fit", "val_fraction", "seed")
+_OPTIONS = ("modalities", "size", "fit", "val_fraction", "seed", "keep_ranges")
 _MODALITY_KEYS = ("range", "clip")
 _SHOWN = 5  # file names listed in one error message
 # Pillow modes read as they are: (channels, bits per sample). Pillow < 10 opens 16-bit grey as "I".
@@ -82,6 +82,12 @@ class Modality:
     range: tuple[float, float]
     clip: bool
     first: Path  # the file the kind and shape were taken from, named in mismatch errors
+    keep_range: bool = False  # yield values in the declared range instead of mapping it onto [-1, 1]
+
+    @property
+    def output_range(self) -> tuple[float, float]:
+        """The range of the yielded values: the declared one when kept, else [-1, 1]."""
+        return self.range if self.keep_range else OUTPUT_RANGE
 
 
 def _stem(path: Path) -> str:
@@ -191,7 +197,8 @@ def _x(shape: Sequence[int]) -> str:
 def load_modality(
     path: Path, modality: Modality, shape: tuple[int, ...], size: tuple[int, ...] | None, fit: str
 ) -> torch.Tensor:
-    """One file of ``modality`` as float32 ``(C, *spatial)``, its declared range mapped linearly onto [-1, 1].
+    """One file of ``modality`` as float32 ``(C, *spatial)``: its declared range mapped linearly onto [-1, 1],
+    or kept as it is (``keep_range``).
 
     The file must be of the modality's kind and, without ``size``, of ``shape``; values must be
     finite and inside the declared range (or are clipped to it when the modality says ``clip``).
@@ -220,11 +227,13 @@ def load_modality(
                 f"of {name}; widen modalities.{name}.range, or set modalities.{name}.clip: true to clip to it"
             )
         np.clip(array, low, high, out=array)
-    image = torch.from_numpy(array).sub_(low).mul_(2.0 / (high - low)).sub_(1.0)
+    image = torch.from_numpy(array)
+    if not modality.keep_range:
+        image = image.sub_(low).mul_(2.0 / (high - low)).sub_(1.0)
     if size is not None:
         image = fit_shape(image, size, fit, path)
-    # Clamping only absorbs float rounding, so the range is exactly [-1, 1].
-    return image.clamp_(*OUTPUT_RANGE)
+    # Clamping only absorbs float rounding, so the range is exactly the one the spec declares.
+    return image.clamp_(*modality.output_range)
 
 
 Item = tuple[str, tuple[Path, ...]]
@@ -291,14 +300,14 @@ class Folder:
 
     Values: each modality declares its value range (``modalities: {NAME: {range: [LOW, HIGH]}}``);
     for PNG it defaults to the bit depth's full range ([0, 255] or [0, 65535]); NIfTI has no
-    such default, so its range is required. Each modality's range is mapped linearly onto
-    [-1, 1] (LOW -> -1, HIGH -> 1), the range the spec declares and every built-in dataset
-    yields, so two modalities with different ranges (CT in HU, MR in scanner units) share one
-    spec (a ``DataSpec`` holds one value range for all its modalities; the option is per
-    modality already), and the built-in models, which work on [-1, 1] data, train on it unchanged.
-    Metrics map [-1, 1] back to [0, 1], so they score exactly as on the declared ranges. A
-    value outside the declared range is an error naming the file, unless the modality sets
-    ``clip: true`` (then the range is a window, as for CT).
+    such default, so its range is required. By default each modality's range is mapped
+    linearly onto [-1, 1] (LOW -> -1, HIGH -> 1), the range every built-in dataset yields and
+    the built-in models train on. With ``keep_ranges: true`` the values are yielded as they are
+    (CT in Hounsfield units beside MR in [0, 1]) and the spec declares each modality's own
+    range (``DataSpec.ranges``), for models that work in the data's units. Either way the
+    engine maps each modality's range onto [0, 1] before the metrics, so the scores are the
+    same. A value outside the declared range is an error naming the file, unless the modality
+    sets ``clip: true`` (then the range is a window, as for CT).
 
     Options:
         modalities: the modalities to read, in order (the first is the source ``A`` of
@@ -314,6 +323,7 @@ class Folder:
             ``seed``, as the val split when ``ROOT/val`` does not exist (default 0.1, at least
             one item). Giving it while ``ROOT/val`` exists is an error.
         seed: seed of that permutation (default 0).
+        keep_ranges: yield each modality in its declared range instead of [-1, 1] (default false).
 
     ``bench data make folder DIR`` (and ``root: embedded``) writes an example of the paired
     layout from the ``gold`` plugin's phantom pairs (:meth:`make_embedded`).
@@ -335,9 +345,13 @@ class Folder:
         fit: str = "resize",
         val_fraction: float | None = None,
         seed: int = 0,
+        keep_ranges: bool = False,
         **options: Any,
     ) -> None:
         check_options(self.name, options, _OPTIONS)
+        if not isinstance(keep_ranges, bool):
+            raise DataError(f"{self.name}: option keep_ranges must be true or false, got {keep_ranges!r}")
+        self.keep_ranges = keep_ranges
         settings = _parse_modalities(modalities)
         if fit not in FITS:
             raise DataError(f"{self.name}: unknown fit {fit!r}; valid values: {', '.join(FITS)}")
@@ -436,12 +450,14 @@ class Folder:
                     f"as options: {{modalities: {{{name}: {{range: [LOW, HIGH]}}}}}} (LOW maps to -1, HIGH to 1)"
                 )
             declared = (0.0, float(2**kind.bits - 1))
-        return Modality(name, kind, (float(declared[0]), float(declared[1])), bool(settings.get("clip", False)), first)
+        declared = (float(declared[0]), float(declared[1]))
+        return Modality(name, kind, declared, bool(settings.get("clip", False)), first, self.keep_ranges)
 
     def spec(self) -> DataSpec:
-        """Each modality's channels, the items' shape, value range [-1, 1] and the split sizes."""
+        """Each modality's channels and value range ([-1, 1], or its own when kept), the shape, the split sizes."""
         parts = ", ".join(
-            f"{m.name}: {m.kind.describe()} [{m.range[0]:g}, {m.range[1]:g}] -> [-1, 1]" for m in self.modalities
+            f"{m.name}: {m.kind.describe()} [{m.range[0]:g}, {m.range[1]:g}]{'' if m.keep_range else ' -> [-1, 1]'}"
+            for m in self.modalities
         )
         shape = self.size or self.shape
         fitted = f" ({'resized' if self.fit == 'resize' else 'centre-cropped'})" if self.size else ""
@@ -450,7 +466,7 @@ class Folder:
             channels=tuple(m.kind.channels for m in self.modalities),
             dims=len(shape),
             shape=shape,
-            value_range=OUTPUT_RANGE,
+            ranges=tuple(m.output_range for m in self.modalities),
             split_sizes={split: len(items) for split, items in self._items.items()},
             description=f"folder {self.root.name}: {parts}, {_x(shape)}{fitted}",
         )

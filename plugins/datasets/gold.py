@@ -129,7 +129,8 @@ class Gold:
             channels=(1, 1),
             dims=2,
             shape=self.size,
-            value_range=(-1.0, 1.0),
+            # Each modality's own range (API 1.1): both are 8-bit windowed PNG halves mapped onto [-1, 1].
+            ranges=((-1.0, 1.0), (-1.0, 1.0)),
             split_sizes={split: len(files) for split, files in self._files.items()},
             description=f"Gold Atlas pelvis CT (A) / T2 MR (B) pairs (side-by-side 8-bit PNG), {h}x{w}",
         )

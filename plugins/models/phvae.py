@@ -158,9 +158,6 @@ class PHVAE(nn.Module):
 
     def __init__(self, config: Mapping[str, Any], spec: DataSpec) -> None:
         super().__init__()
-        reason = self.incompatibility(spec)
-        if reason:
-            raise BenchError(reason)
         if config["head"] not in ("dmol", "mae"):
             raise BenchError(f"unknown head {config['head']!r}; valid: dmol, mae")
         self.config = dict(config)
@@ -185,17 +182,27 @@ class PHVAE(nn.Module):
             raise BenchError(f"phvae: {exc}") from exc
 
     @classmethod
-    def incompatibility(cls, spec: DataSpec) -> str | None:
-        """Why ``spec`` cannot be served: 3D or single-modality data, or a non-square / non-power-of-two size."""
+    def incompatibility(cls, spec: DataSpec, config: Mapping[str, Any] | None = None) -> str | None:
+        """Why ``spec`` cannot be served (by ``config``, when given).
+
+        3D or single-modality data, modalities with different value ranges (one mapping serves
+        both), a non-square or non-power-of-two size, or one the config's resolutions cannot halve.
+        """
         if spec.dims not in cls.dims:
             return f"phvae is 2D; dataset is {spec.dims}D"
         if not spec.paired:
             return f"phvae translates between two paired modalities; dataset has {len(spec.modalities)}"
+        if spec.value_range is None:
+            ranges = ", ".join(f"{m} {spec.range_of(m)}" for m in spec.modalities)
+            return f"phvae maps both modalities with one value range; dataset has {ranges}"
         h, w = spec.shape
         if h != w:
             return f"phvae needs square images; dataset is {h}x{w}"
         if h & (h - 1):
             return f"phvae needs a power-of-two image size (it halves the resolution down the hierarchy); got {h}"
+        if config is not None and h < 2 ** (config["n_resolutions"] - 1):
+            n = config["n_resolutions"]
+            return f"phvae with n_resolutions {n} halves the images {n - 1} times; {h}x{h} is too small"
         return None
 
     # -- value ranges -------------------------------------------------------------------------

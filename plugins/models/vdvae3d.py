@@ -195,10 +195,6 @@ class VDVAE3D(nn.Module):
 
     def __init__(self, config: Mapping[str, Any], spec: DataSpec) -> None:
         super().__init__()
-        reason = _layout_problem(spec)
-        if reason:
-            raise BenchError(reason)
-        # The lists' check comes before the power-of-two one so its error names the list.
         lists = _per_level(config, int(spec.shape[0]))
         self.config = dict(config)
         self.modality = spec.modalities[0]
@@ -238,14 +234,26 @@ class VDVAE3D(nn.Module):
         return _vdvae3d_from_source(cls, sources, config)
 
     @classmethod
-    def incompatibility(cls, spec: DataSpec) -> str | None:
-        """Why ``spec`` cannot be served: not 3D, paired, not cubic, or an edge that is not a power of two."""
+    def incompatibility(cls, spec: DataSpec, config: Mapping[str, Any] | None = None) -> str | None:
+        """Why ``spec`` cannot be served (by ``config``, when given).
+
+        Not 3D, paired, not cubic, an edge that is not a power of two, or per-resolution lists
+        of ``config`` whose length does not fit the edge (a config made for another resolution).
+        """
         reason = _layout_problem(spec)
         if reason:
             return reason
         size = spec.shape[0]
         if size < 2 or size & (size - 1):
             return f"vdvae3d needs a power-of-two edge of at least 2 (it halves the volume down to 1^3); got {size}"
+        levels = int(math.log2(size)) + 1
+        for key in LIST_KEYS if config is not None else ():
+            value = config[key]
+            if isinstance(value, (list, tuple)) and len(value) != levels:
+                return (
+                    f"vdvae3d config list {key!r} has {len(value)} entries, one per resolution; "
+                    f"{size}^3 volumes need {levels} (resolutions {size} down to 1)"
+                )
         return None
 
     def set_checkpointing(self, enabled: bool) -> None:

@@ -108,9 +108,6 @@ class VQVAE(nn.Module):
 
     def __init__(self, config: Mapping[str, Any], spec: DataSpec) -> None:
         super().__init__()
-        reason = self.incompatibility(spec) or _shape_problem(spec.shape, config["n_down"])
-        if reason:
-            raise BenchError(reason)
         if config["quantizer"] not in _QUANTIZERS:
             raise BenchError(f"unknown quantizer {config['quantizer']!r}; valid: {', '.join(_QUANTIZERS)}")
         self.config = dict(config)
@@ -134,14 +131,17 @@ class VQVAE(nn.Module):
         )
 
     @classmethod
-    def incompatibility(cls, spec: DataSpec) -> str | None:
-        """Why this model cannot serve ``spec``: 3D data, paired data or an indivisible shape."""
+    def incompatibility(cls, spec: DataSpec, config: Mapping[str, Any] | None = None) -> str | None:
+        """Why this model with ``config`` (default: the default config) cannot serve ``spec``.
+
+        3D data, paired data, or a shape that ``config``'s ``n_down`` halvings do not divide.
+        """
         if spec.dims not in cls.dims:
             return f"vqvae is 2D; dataset is {spec.dims}D"
         if len(spec.modalities) != 1:
             pair = ", ".join(spec.modalities)
             return f"vqvae reconstructs single-modality data; dataset is paired ({pair})"
-        return _shape_problem(spec.shape, cls.configs[cls.default_config]["n_down"])
+        return _shape_problem(spec.shape, (config or cls.configs[cls.default_config])["n_down"])
 
     def forward(self, x: Tensor) -> tuple[Tensor, QuantizerOutput]:
         """Encode, quantise and decode ``x`` ``(B, C, H, W)``: the reconstruction and the quantiser output."""

@@ -59,9 +59,6 @@ class VQVAE2(nn.Module):
 
     def __init__(self, config: Mapping[str, Any], spec: DataSpec) -> None:
         super().__init__()
-        reason = input_problem(self.name, spec, config["bottom_down"])
-        if reason:
-            raise BenchError(reason)
         self.config = dict(config)
         self.modality = spec.modalities[0]
         try:
@@ -70,10 +67,13 @@ class VQVAE2(nn.Module):
             raise BenchError(str(exc)) from exc
 
     @classmethod
-    def incompatibility(cls, spec: DataSpec) -> str | None:
-        """Why this model cannot serve ``spec``: 3D data, paired data or an indivisible shape."""
-        # The smallest downsampling of the named configs: a larger configured one is checked on construction.
-        return input_problem(cls.name, spec, min(c["bottom_down"] for c in cls.configs.values()))
+    def incompatibility(cls, spec: DataSpec, config: Mapping[str, Any] | None = None) -> str | None:
+        """Why this model with ``config`` cannot serve ``spec``: 3D data, paired data or an indivisible shape.
+
+        Without a config: whether some named config can (the smallest ``bottom_down`` of them).
+        """
+        bottom_down = min(c["bottom_down"] for c in cls.configs.values()) if config is None else config["bottom_down"]
+        return input_problem(cls.name, spec, bottom_down)
 
     @classmethod
     def source_spec(cls, sources: Sequence[Any], config: Mapping[str, Any]) -> DataSpec:

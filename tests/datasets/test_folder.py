@@ -21,6 +21,7 @@ from PIL import Image
 
 from bench_core.api import DataError
 from bench_core.datacheck import check_dataset
+from bench_core.evaluator import unit_of
 from bench_core.testing import check_dataset_plugin
 from bench_plugins.datasets import folder
 from bench_plugins.datasets.folder import LAYOUT, Folder
@@ -159,6 +160,25 @@ def test_paired_nifti_and_png_with_their_own_ranges(tmp_path: Path) -> None:
     # The option's order decides which modality is A.
     assert Folder(root, modalities={"mr": CT_MR["mr"], "ct": CT_MR["ct"]}).spec().modalities == ("mr", "ct")
     check_dataset_plugin(Folder, root, make=False, modalities=CT_MR)
+
+
+def test_kept_ranges_yield_the_files_values_and_score_as_the_mapped_ones(tmp_path: Path) -> None:
+    root = _ct_mr(tmp_path / "pelvis", {"train": 6, "val": 2, "test": 2})
+    kept, mapped = Folder(root, modalities=CT_MR, keep_ranges=True), Folder(root, modalities=CT_MR)
+    spec = kept.spec()
+    assert spec.ranges == ((-1000.0, 2000.0), (0.0, 4095.0)) and spec.value_range is None
+    assert mapped.spec().value_range == (-1.0, 1.0)
+    item, item01 = kept.split("test")[0], mapped.split("test")[0]
+    ct = nib.load(root / "test" / "ct" / "000.nii.gz").get_fdata()
+    np.testing.assert_allclose(item["ct"][0].numpy(), ct, rtol=1e-7)  # Hounsfield units as stored
+    np.testing.assert_array_equal(item["mr"].numpy(), _pil(root / "test" / "mr" / "000.png"))
+    # The engine maps each modality's own range onto [0, 1]: the same numbers either way.
+    for m in ("ct", "mr"):
+        ours = unit_of(spec, m)(item[m])
+        np.testing.assert_allclose(ours.numpy(), unit_of(mapped.spec(), m)(item01[m]).numpy(), atol=1e-6)
+    check_dataset_plugin(Folder, root, make=False, modalities=CT_MR, keep_ranges=True)
+    with _raises_exactly("folder: option keep_ranges must be true or false, got 'yes'"):
+        Folder(root, modalities=CT_MR, keep_ranges="yes")
 
 
 def test_3d_volumes_resized_and_cropped(tmp_path: Path) -> None:
@@ -344,7 +364,7 @@ def test_layout_and_option_mistakes(tmp_path: Path) -> None:
         "folder: option modalities.image.range must be [LOW, HIGH], finite numbers with LOW < HIGH, got [1, 0]"
     ):
         Folder(root, modalities={"image": {"range": [1, 0]}})
-    with _raises_exactly("folder: unknown option 'sise'; valid options: fit, modalities, seed, size, val_fraction"):
+    with _raises_exactly("folder: unknown option 'sise'; valid options: fit, keep_ranges, modalities, seed, size, val_fraction"):
         Folder(root, sise=[8, 8])
     with _raises_exactly("folder: option size must be 2 positive integers [H, W] for 2D data, got [8, 8, 8]"):
         Folder(root, size=[8, 8, 8])

@@ -31,16 +31,21 @@ SIZES = {"train": 48, "val": 8, "test": 12}
 
 
 class ToyData:
-    """Smooth random 16x16 images stored as one .npy file per item in {split}/ folders."""
+    """Smooth random 16x16 images x in [-1, 1] stored as one .npy file per item in {split}/ folders.
+
+    Paired: A = x and B = -x, both in [-1, 1]; with ``ct_mr``, A = 2000 x + 1000 in "Hounsfield
+    units" [-1000, 3000] and B = (1 - x) / 2 in [0, 1] (one value range per modality).
+    """
 
     name = "toy"
     version = "1.0"
     api_version = API_VERSION
     obtain = "make it with `bench data make toy DIR`"
 
-    def __init__(self, root: Path, paired: bool = False):
+    def __init__(self, root: Path, paired: bool = False, ct_mr: bool = False):
         self.root = Path(root)
-        self.paired = paired
+        self.paired = paired or ct_mr
+        self.ct_mr = ct_mr
         for split in SIZES:
             if not (self.root / split).is_dir():
                 raise DataError(f"toy: missing split folder {self.root / split}")
@@ -48,10 +53,12 @@ class ToyData:
     def spec(self) -> DataSpec:
         mods = ("A", "B") if self.paired else ("image",)
         sizes = {s: len(list((self.root / s).glob("*.npy"))) for s in SIZES}
+        if self.ct_mr:
+            return DataSpec(mods, (1, 1), 2, (16, 16), None, sizes, "toy CT/MR", ranges=((-1000.0, 3000.0), (0.0, 1.0)))
         return DataSpec(mods, (1,) * len(mods), 2, (16, 16), (-1.0, 1.0), sizes, "toy blobs")
 
     def split(self, name: str):
-        return _ToySplit(sorted((self.root / name).glob("*.npy")), self.paired)
+        return _ToySplit(sorted((self.root / name).glob("*.npy")), self.paired, self.ct_mr)
 
     def fingerprint(self) -> str:
         files = sorted(self.root.rglob("*.npy"))
@@ -70,14 +77,16 @@ class ToyData:
 
 
 class _ToySplit(torch.utils.data.Dataset):
-    def __init__(self, files: list[Path], paired: bool):
-        self.files, self.paired = files, paired
+    def __init__(self, files: list[Path], paired: bool, ct_mr: bool = False):
+        self.files, self.paired, self.ct_mr = files, paired, ct_mr
 
     def __len__(self) -> int:
         return len(self.files)
 
     def __getitem__(self, i: int) -> dict:
         x = torch.from_numpy(np.load(self.files[i]))[None]
+        if self.ct_mr:
+            return {"A": 2000 * x + 1000, "B": (1 - x) / 2, "id": self.files[i].stem}
         if self.paired:
             return {"A": x, "B": -x, "id": self.files[i].stem}
         return {"image": x, "id": self.files[i].stem}

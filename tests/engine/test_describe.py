@@ -98,6 +98,7 @@ def test_dataset_options_embedded_data_and_what_it_yields(registry) -> None:
         "fit": {"default": "resize", "type": "str"},
         "val_fraction": {"default": None, "type": "float | None"},
         "seed": {"default": 0, "type": "int"},
+        "keep_ranges": {"default": False, "type": "bool"},
     }
     assert folder["embedded"] == {"available": True, "defaults": {"n": 64, "seed": 0}}
     assert folder["obtain"] == Folder.obtain

@@ -146,8 +146,13 @@ def test_incompatibility_reasons() -> None:
     assert "power-of-two" in PHVAE.incompatibility(DataSpec(("A", "B"), (1, 1), 2, (48, 48), (-1.0, 1.0)))
     with pytest.raises(BenchError, match="cannot be halved 8 times"):
         PHVAE(PHVAE.configs["ndvi-rgb-nll"], _spec(64))
-    with pytest.raises(BenchError, match="paired"):
-        PHVAE(PHVAE.configs["tiny"], DataSpec(("image",), (1,), 2, (32, 32), (-1.0, 1.0)))
+    # Given the resolved config: a size its resolutions cannot halve (skipped before any build).
+    reason = PHVAE.incompatibility(_spec(64), PHVAE.configs["ndvi-rgb-nll"])
+    assert reason == "phvae with n_resolutions 9 halves the images 8 times; 64x64 is too small"
+    assert PHVAE.incompatibility(_spec(64), PHVAE.configs["tiny"]) is None
+    ct_mr = DataSpec(("ct", "mr"), (1, 1), 2, (32, 32), ranges=((-1000.0, 3000.0), (0.0, 1.0)))
+    reason = PHVAE.incompatibility(ct_mr)
+    assert reason == "phvae maps both modalities with one value range; dataset has ct (-1000.0, 3000.0), mr (0.0, 1.0)"
 
 
 # -- building blocks ------------------------------------------------------------------------

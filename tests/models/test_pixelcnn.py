@@ -255,8 +255,8 @@ def test_incompatibility_reasons() -> None:
     reason = PixelCNNVQVAE2.incompatibility(_spec(modalities=("A", "B")))
     assert reason == "pixelcnn models single-modality data; dataset is paired (A, B)"
     assert "must be divisible by 4" in PixelCNNVQVAE2.incompatibility(_spec((30, 30)))
-    with pytest.raises(BenchError, match="divisible by 8"):
-        _model((36, 36))  # tiny's stride-4 bottom
+    reason = PixelCNNVQVAE2.incompatibility(_spec((36, 36)), PixelCNNVQVAE2.configs["tiny"])  # a stride-4 bottom
+    assert reason == "spatial shape (36, 36) must be divisible by 8 (bottom and top downsampling)"
     with pytest.raises(BenchError, match="attention layers"):
         _model(top_layers=2, top_attention=3)
 

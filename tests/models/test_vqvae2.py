@@ -181,9 +181,10 @@ def test_incompatibility_reasons() -> None:
     assert reason == "vqvae2 models single-modality data; dataset is paired (A, B)"
     reason = VQVAE2.incompatibility(_spec((30, 32)))
     assert reason == "spatial shape (30, 32) must be divisible by 4 (bottom and top downsampling)"
-    # The constructor checks the configured downsampling: seed 004's stride-4 bottom needs multiples of 8.
-    with pytest.raises(BenchError, match="divisible by 8"):
-        _model((36, 36), config="seed004-hipmri")
+    # Given the resolved config, its downsampling: seed 004's stride-4 bottom needs multiples of 8.
+    reason = VQVAE2.incompatibility(_spec((36, 36)), VQVAE2.configs["seed004-hipmri"])
+    assert reason == "spatial shape (36, 36) must be divisible by 8 (bottom and top downsampling)"
+    assert VQVAE2.incompatibility(_spec((36, 36)), VQVAE2.configs["seed002-oasis"]) is None
     with pytest.raises(BenchError, match="unknown layers"):
         _model(layers="vqgan")
 
