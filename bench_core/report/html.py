@@ -23,6 +23,7 @@ from typing import Any
 from bench_core.api import BenchError
 from bench_core.fileio import write_atomic
 from bench_core.metric_reading import row_reading
+from bench_core.report.closest import closest_pairs
 from bench_core.report.jinja import engine_version, environment
 from bench_core.report.readable import settings_line
 from bench_core.report.strip import build_strips
@@ -118,6 +119,7 @@ def build_report(
         context = _cell_context(c, data, info["depth"])
         context["flags"] = [f"{t.task}: {flag}" for t in tables if t.dataset == c["dataset"]
                             for flag in t.flags.get(c["model"], [])]  # fmt: skip
+        context["closest"] = closest_pairs(data.evals.get(c["cell_key"], {}), output_dir / info["dir"])
         html = env.get_template("cell.html").render(
             **common, root="../" * info["depth"], cell=c, provenance_runs=provenance_context(data, c),
             strip=strip_pages.get(c["dataset"]), **context,
