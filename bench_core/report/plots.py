@@ -28,6 +28,7 @@ import statistics
 import xml.etree.ElementTree as ET
 from collections import defaultdict
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -288,27 +289,18 @@ def _short(name: str) -> str:
 
 
 # -- drawing and sanitising ---------------------------------------------------------------------
-class _figure:  # noqa: N801 - used as a context manager, like matplotlib's own rc_context
-    """A matplotlib figure and axes under the fixed style, drawn on an Agg canvas (nothing global is changed)."""
+@contextmanager
+def _figure(square: bool = False) -> Iterator[tuple[Any, Any]]:
+    """A matplotlib figure and its axes under the fixed style, on an Agg canvas (no global backend change)."""
+    import matplotlib.style
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
-    def __init__(self, square: bool = False) -> None:
-        self.size = (5.2, 4.2) if square else _SIZE
-
-    def __enter__(self) -> tuple[Any, Any]:
-        import matplotlib.style
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
-
-        # matplotlib's defaults, not the user's matplotlibrc, under our few settings: the same SVG everywhere.
-        self.rc = matplotlib.style.context(["default", _STYLE])
-        self.rc.__enter__()
-        fig = Figure(figsize=self.size, dpi=72)
+    # matplotlib's defaults, not the user's matplotlibrc, under our few settings: the same SVG everywhere.
+    with matplotlib.style.context(["default", _STYLE]):
+        fig = Figure(figsize=(5.2, 4.2) if square else _SIZE, dpi=72)
         FigureCanvasAgg(fig)
-        ax = fig.add_subplot()
-        return fig, ax
-
-    def __exit__(self, *exc: object) -> None:
-        self.rc.__exit__(*exc)
+        yield fig, fig.add_subplot()
 
 
 def _render(fig: Any, ax: Any, uid: str, label: str) -> str:
