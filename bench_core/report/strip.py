@@ -8,8 +8,8 @@ cell folder, referenced relative to the page; the report never runs a model.
 Which items: the ones every cell kept under ``strip/<task>/`` (chosen from the item ids alone,
 :mod:`bench_core.images`), followed by the worst and the median test item of the best model by
 the dataset's first headline metric with per-item values, taken from the per-item images
-(``<task>/<id>.png``) that cells write unless ``save_images`` is off. A model that scored
-several seeds shows its lowest seed.
+(``<task>/<id>.png``) that cells write unless ``save_images`` is off (without them the two
+columns are left out). A model that scored several seeds shows its lowest seed.
 """
 
 from __future__ import annotations
@@ -89,7 +89,9 @@ def _strip(data: StoredResults, table: Table, headline: set[str]) -> Strip | Non
         references.insert(0, (f"input {source}", "input", "reference"))
     columns = [_kept_column(data, cells, table.task, item_id, first) for item_id in ids]
     metric, extra = _best_model_items(data, table, cells, headline)
-    columns += [_file_column(data, cells, table.task, item_id, why, source, target) for item_id, why in extra]
+    for item_id, why, best in extra:  # only where the best model's per-item image was saved
+        column = _file_column(data, cells, table.task, item_id, why, source, target)
+        columns += [column] if best in column.images else []
     if metric is not None:
         for column in columns:
             column.values = _item_values(data, cells, table.task, metric, column.item_id)
@@ -126,7 +128,7 @@ def _kept_column(
 
 def _best_model_items(
     data: StoredResults, table: Table, cells: dict[str, dict[str, Any]], headline: set[str]
-) -> tuple[str | None, list[tuple[str, str]]]:
+) -> tuple[str | None, list[tuple[str, str, str]]]:
     """The metric shown, and the worst and median items of the column's best model by it (when ranked)."""
     for metric, higher in table.metrics:
         if metric not in headline or higher is None:
@@ -138,9 +140,9 @@ def _best_model_items(
             continue
         ranked = sorted(per_file.items(), key=lambda kv: (kv[1] if higher else -kv[1], kv[0]))  # worst first
         worst, median = ranked[0][0], ranked[(len(ranked) - 1) // 2][0]
-        extra = [(worst, f"worst of {best} by {metric}")]
+        extra = [(worst, f"worst of {best} by {metric}", best)]
         if median != worst:
-            extra.append((median, f"median of {best} by {metric}"))
+            extra.append((median, f"median of {best} by {metric}", best))
         return metric, extra
     return None, []
 

@@ -117,3 +117,15 @@ def test_a_damaged_strip_index_shows_no_fixed_items(cli_run, tmp_path, damaged: 
     html = next((out / "strips").glob("*.html")).read_text()
     heads = re.findall(r'<th class="text item-head" title="([^"]*)"', html[: html.index("</section>")])
     assert len(heads) == 2  # only the best model's worst and median, from the per-item images
+
+
+def test_without_per_item_images_only_the_kept_items_are_shown(cli_run, tmp_path) -> None:
+    out = tmp_path / "toy"
+    shutil.copytree(cli_run, out)
+    for folder in out.glob("cells/*/recon"):  # as if save_images had been off
+        shutil.rmtree(folder)
+    build_report(out)
+    html = next((out / "strips").glob("*.html")).read_text()
+    section = html[html.index('id="task-recon"') : html.index("</section>", html.index('id="task-recon"'))]
+    heads = re.findall(r'<th class="text item-head" title="([^"]*)"', section)
+    assert heads == _lowest(TEST_IDS, STRIP_ITEMS) and "not kept" not in section
