@@ -2,7 +2,8 @@
 
 A metric's settings hold every choice that changes its number, some of them paragraphs
 (reduction rules, weight paths). The line keeps the short ones (numbers, flags, one-word
-choices) in the metric's own order; the rest stays in the full settings shown folded beside it.
+choices) in the order given (the store's: sorted by name); the rest stays in the full settings
+shown folded beside it.
 A metric that could not run says only why.
 """
 
