@@ -348,6 +348,16 @@ class MetricPlugin(Protocol):
     preset, weights hash, ...): it is stored as the value's provenance, and values with
     different settings are never ranked together.
 
+    Undefined values: where the number is undefined for the data (a correlation of constant
+    images, a ratio over zero, fewer samples than the metric needs), return ``nan`` (per item
+    from ``update``, or as ``MetricValue.value``), never 0 or another made-up number, and say
+    why in ``settings["reason"]`` when it is the whole value; a mean over per-item values
+    some of which are ``nan`` is ``nan`` unless the metric documents skipping them and counts
+    the skipped items in ``MetricValue.counters``. Where the maths gives an infinity (PSNR of
+    identical images without a cap) return ``inf`` or ``-inf``. The store, the exports and
+    ``leaderboard.json`` keep ``nan``, ``inf`` and ``-inf`` apart (docs/outputs.md); tables
+    show them and never rank them.
+
     Optional, for metrics that compare samples with the *training* set (memorisation): a
     class attribute ``needs_train = True`` and a method ``update_train(images, ids)``. The
     engine then builds the metric for the ``sample`` task only and, after the test pass, streams

@@ -15,6 +15,7 @@ from __future__ import annotations
 import functools
 import inspect
 import json
+import math
 import os
 import sqlite3
 import threading
@@ -33,7 +34,8 @@ __all__ = [
     "ROW_KINDS", "STORE_NAME", "CellIdentity", "ResultsStore", "StoreDamaged", "claim_is_live", "claimant", "is_damage",
 ]  # fmt: skip
 
-SCHEMA_VERSION = 4  # 2: results.ci_low / ci_high; 3: results.kind, cells.kind, claim identity, plans; 4: counters
+SCHEMA_VERSION = 5  # 2: results.ci_low / ci_high; 3: results.kind, cells.kind, claim identity, plans; 4: counters;
+# 5: a NaN in results.value, std, ci_low, ci_high is the text "nan" (it was NULL, like a missing value)
 STORE_NAME = "results.sqlite"
 
 _SCHEMA = """
@@ -398,6 +400,8 @@ class ResultsStore:
             item = dict(row)
             for column in _JSON_COLUMNS:
                 item[column] = json.loads(item[column] or "{}")
+            for column in _NUMBER_COLUMNS:
+                item[column] = math.nan if item[column] == NAN_TEXT else item[column]
             out.append(ResultRow.from_stored(item))
         return out
 
@@ -413,6 +417,10 @@ class ResultsStore:
 
 
 _JSON_COLUMNS = ("settings", "provenance", "counters")
+_NUMBER_COLUMNS = ("value", "std", "ci_low", "ci_high")
+NAN_TEXT = "nan"
+"""How a NaN is stored in the REAL columns of ``results``: SQLite would store it as NULL, merging an
+undefined value with a missing one (infinities are stored as REAL infinities)."""
 _RESULT_COLUMNS = (
     "run_id", "cell_key", "suite", "model", "dataset", "seed", "task", "metric", "value", "std", "n",
     "higher_is_better", "settings", "provenance", "created", "ci_low", "ci_high", "kind", "counters",
@@ -429,4 +437,7 @@ def _result_values(row: ResultRow) -> tuple[Any, ...]:
         values[column] = json.dumps(values[column], sort_keys=True, default=str)
     if values["higher_is_better"] is not None:
         values["higher_is_better"] = int(values["higher_is_better"])
+    for column in _NUMBER_COLUMNS:
+        if isinstance(values[column], float) and math.isnan(values[column]):
+            values[column] = NAN_TEXT
     return tuple(values[c] for c in _RESULT_COLUMNS)

@@ -22,6 +22,7 @@ from typing import Any
 
 from bench_core.api import BenchError
 from bench_core.fileio import write_atomic
+from bench_core.jsonvalues import dumps
 from bench_core.metric_reading import row_reading
 from bench_core.report.closest import closest_pairs
 from bench_core.report.jinja import engine_version, environment
@@ -125,7 +126,8 @@ def build_report(
             strip=strip_pages.get(c["dataset"]), **context,
         )
         write_atomic(output_dir / info["dir"] / "index.html", html, durable=False)
-    write_atomic(output_dir / "leaderboard.json", json.dumps(tables_json(tables), indent=1, sort_keys=True))
+    # Strict JSON: NaN and infinities as "nan", "inf", "-inf" (bench_core.jsonvalues, docs/outputs.md).
+    write_atomic(output_dir / "leaderboard.json", dumps(tables_json(tables), indent=1, sort_keys=True))
     return index
 
 
