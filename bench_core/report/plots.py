@@ -5,10 +5,11 @@ point per model, baselines as horizontal lines, the Pareto front marked) and the
 paired comparison of the two best models (their per-item values against each other, with
 the diagonal); per dataset: every model's training curves overlaid (loss against step).
 
-The headline metric of a table is the first ranked metric, in the suite's order, whose
-plugin declares it a headline (``headline``, stored in each row's provenance; see
-:mod:`bench_core.metric_reading`), else its first ranked metric; a metric whose rows were
-computed with different settings is never plotted against another model's.
+The headline metric of a table is the first ranked metric plugin's column (in the table's
+order, by name) whose plugin declares it a headline (``headline``, stored in each row's
+provenance; see :mod:`bench_core.metric_reading`), else its first ranked metric plugin's
+column; a metric whose rows were computed with different settings is never plotted against
+another model's.
 
 Output is deterministic: a fixed style (DejaVu Sans, which matplotlib ships; no TeX, no
 mathtext, so a ``$`` in a model name is a dollar sign), no date, a fixed hash salt. The SVG
@@ -37,8 +38,8 @@ from bench_core.results import THROUGHPUT_SUFFIX, StoredResults
 from bench_core.rows import ResultRow
 from bench_core.tables import Table, arrow
 
-THROUGHPUT = "images_per_s"
-"""The throughput column a table's Pareto view plots against (the engine's evaluation timing)."""
+THROUGHPUT = THROUGHPUT_SUFFIX
+"""The throughput column a table's Pareto view plots against: an evaluation task's, the suffix alone."""
 MAX_CURVE_POINTS = 120
 """Points kept per training curve (evenly spaced, the last always kept): the SVG stays small."""
 _LABEL_CHARS = 40
@@ -97,17 +98,18 @@ def dataset_plots(data: StoredResults, tables: list[Table]) -> dict[str, list[Pl
 
 
 def headline_metric(table: Table, results: list[ResultRow]) -> str | None:
-    """The metric ``table`` is read by: its first ranked headline metric in suite order, else its first ranked one.
+    """The metric ``table`` is read by: its first ranked headline metric, else its first ranked metric.
 
-    Throughput columns and metrics whose rows disagree on settings are never chosen.
+    Only metric plugins' columns count (not throughput, memory or a model's own numbers), and
+    never one whose rows disagree on settings.
     """
-    ranked = [m for m, higher in table.metrics
-              if higher is not None and m not in table.incomparable and not m.endswith(THROUGHPUT_SUFFIX)]  # fmt: skip
     mine = [r for r in results if r.dataset == table.dataset and r.task == table.task and r.kind == "metric"]
-    in_order = list(dict.fromkeys(r.metric for r in mine if r.metric in ranked))
-    heads = [m for m in in_order if any(row_reading(r.provenance, r.higher_is_better).headline
-                                        for r in mine if r.metric == m)]  # fmt: skip
-    return (heads or in_order or ranked or [None])[0]
+    # By name too: stores written before rows had kinds hold throughput as kind "metric".
+    plugins = {r.metric for r in mine if not r.metric.endswith(THROUGHPUT_SUFFIX)}
+    ranked = [m for m, higher in table.metrics if higher is not None and m in plugins and m not in table.incomparable]
+    heads = [m for m in ranked if any(row_reading(r.provenance, r.higher_is_better).headline
+                                      for r in mine if r.metric == m)]  # fmt: skip
+    return (heads or ranked or [None])[0]
 
 
 def direction_text(higher: bool | None) -> str:

@@ -195,16 +195,21 @@ def test_headline_metric_follows_the_plugins_and_never_throughput():
     def reading(model, metric, value, head, **kw):
         return row(model, metric, value, provenance={"headline": head}, **kw)
 
-    rows = [reading("a", "zz", 1.0, False), reading("a", "mm", 2.0, True), reading("a", "kk", 3.0, True),
-            reading("a", "nn", 4.0, True, higher=None), speed("a", 9.0)]  # fmt: skip
+    rows = [reading("a", "aa", 1.0, False), reading("a", "mm", 2.0, True), reading("a", "zz", 3.0, True),
+            reading("a", "nn", 4.0, True, higher=None), reading("a", "ab", 5.0, True, kind="model"),
+            speed("a", 9.0)]  # fmt: skip
     (table,) = build_tables(rows)
-    assert headline_metric(table, rows) == "mm"  # the first headline in suite (row) order
-    no_heads = [r.with_provenance(headline=False) for r in rows[:3]] + rows[3:]
+    assert headline_metric(table, rows) == "mm"  # the first headline of the table; ab is the model's own number
+    no_heads = [r.with_provenance(headline=False) for r in rows]
     (table,) = build_tables(no_heads)
-    assert headline_metric(table, no_heads) == "zz"  # no headline: the first ranked metric
+    assert headline_metric(table, no_heads) == "aa"  # no headline: the first ranked metric
     differing = rows + [reading("b", "mm", 2.0, True, settings={"window": 7})]
     (table,) = build_tables(differing)
-    assert "mm" in table.incomparable and headline_metric(table, differing) == "kk"
+    assert "mm" in table.incomparable and headline_metric(table, differing) == "zz"
+    only_speed = [speed("a", 9.0), row("b", "images_per_s", 9.0),  # an older store's kind
+                  reading("a", "nn", 4.0, True, higher=None)]  # fmt: skip
+    (table,) = build_tables(only_speed)
+    assert headline_metric(table, only_speed) is None
 
 
 def curve_cell(model: str, seed: int, stages: dict[str, list[float]], dataset: str = "d") -> dict:
