@@ -141,6 +141,7 @@ def pareto_plot(table: Table, metric: str, uid: str) -> Plot | None:
     models = [(model, aggs[THROUGHPUT].sort_value, aggs[metric]) for model, aggs in table.rows.items()
               if THROUGHPUT in aggs and metric in aggs]  # fmt: skip
     models = [(m, x, agg) for m, x, agg in models if x is not None and x > 0 and agg.sort_value is not None]
+    left_out = [model for model in table.rows if model not in {m for m, _, _ in models}]
     if not models:
         return None
     front = pareto_front([(x, agg.mean) for _, x, agg in models], bool(higher))
@@ -172,6 +173,8 @@ def pareto_plot(table: Table, metric: str, uid: str) -> Plot | None:
     caption = (f"One point per model: the mean over seeds of {metric} and of images/s, with its 95% interval; "
                "filled points joined by the line form the Pareto front (no other model is both faster and "
                "better); horizontal lines are baselines, which have no throughput.")  # fmt: skip
+    if left_out:
+        caption += f" Not plotted (no throughput or no finite {metric}): {', '.join(left_out)}."
     return Plot("pareto", title, caption, svg)
 
 

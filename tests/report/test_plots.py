@@ -117,6 +117,14 @@ def _fill(root: ET.Element, gid_suffix: str) -> str:
     return re.search(r"fill:\s*(#\w+)", group.find(f".//{SVG}use").get("style")).group(1)
 
 
+def test_pareto_plot_says_which_models_it_leaves_out():
+    rows = pareto_rows() + [row("e", "ssim", float("nan")), speed("e", 10.0), row("f", "ssim", 0.4)]
+    (table,) = build_tables(rows)
+    plot = pareto_plot(table, "ssim", "p1")
+    assert len([g for g in ET.fromstring(plot.svg).iter(f"{SVG}g") if "-point-" in g.get("id", "")]) == 4
+    assert plot.caption.endswith("Not plotted (no throughput or no finite ssim): e, f.")
+
+
 def test_hostile_model_names_are_text_not_markup():
     rows = [row(HOSTILE, "ssim", 0.9), speed(HOSTILE, 10.0), row("ok", "ssim", 0.8), speed("ok", 20.0)]
     (table,) = build_tables(rows)
