@@ -211,6 +211,8 @@ def paired_plot(table: Table, metric: str, data: StoredResults, uid: str) -> Plo
         f"{first} (best mean) across, {second} (second) up. {second} is better on {better_b} items, "
         f"{first} on {better_a}, {len(common) - better_a - better_b} tie; points on the diagonal are equal."
     )
+    if unmatched := len(set(a) ^ set(b)):
+        caption += f" {unmatched} items with a value for only one of the two are left out."
     return Plot("paired", title, caption, svg)
 
 

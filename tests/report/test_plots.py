@@ -193,6 +193,16 @@ def test_paired_plot_lower_is_better_picks_the_lowest_two():
     assert "b is better on 0 items, c on 4" in plot.caption
 
 
+def test_paired_plot_pairs_items_by_id_and_counts_the_unmatched():
+    data, table = paired_data()
+    data.evals["b-0"]["recon"]["ssim"]["per_file"] = {"i1": 0.9, "i3": 0.7, "extra": 0.1}
+    plot = paired_plot(table, "ssim", data, "c3")
+    pts = positions(plot.svg, "-items")
+    assert_affine([0.7, 0.8], [x for x, _ in pts], increasing=True)  # a's values of items i1 and i3
+    assert "(2 items;" in plot.caption and plot.caption.endswith("3 items with a value for only one of the two "
+                                                                 "are left out.")  # fmt: skip
+
+
 def test_paired_plot_needs_per_item_values_of_both():
     data, table = paired_data()
     data.evals.pop("b-0")
