@@ -269,6 +269,10 @@ def check_metric_plugin(cls: type, dims: int | None = None, **options: Any) -> N
         return metric, metric.compute(), per_item
 
     metric, whole, per_item = run([(y, x)])
+    assert "dims" not in getattr(metric, "__dict__", {}), (
+        f"{cls.name}: sets self.dims on the instance, hiding the class attribute dims (the dims the engine may "
+        "build it for); keep the dims it was built for under another name (PairedMetric's spatial_dims)"
+    )
     assert isinstance(whole, MetricValue), f"{cls.name}: compute() returned {type(whole).__name__}"
     assert math.isfinite(whole.value), f"{cls.name}: value {whole.value} is not finite"
     json.dumps(whole.settings)

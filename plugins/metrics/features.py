@@ -38,9 +38,9 @@ import torch
 import torch.nn.functional as F
 
 from bench_core.api import BenchError, MetricValue
+from bench_core.metricbase import OUT_OF_RANGE_POLICIES, RANGE_TOLERANCE, check_options, check_range
 
 from . import inception
-from ._reduce import OUT_OF_RANGE_POLICIES, RANGE_TOLERANCE, check_options, check_range
 from .inception_network import BLOCK_INDEX_BY_DIM, BLOCK_NAMES, RESIZE, load_error
 from .inception_weights import WeightsSource, resolve_weights
 from .planes import PLANE_SLICES, PLANES, plane_slices

@@ -34,8 +34,8 @@ import torch.nn.functional as F
 
 from bench_core.api import API_VERSION, BenchError
 from bench_core.hookspecs import hookimpl
+from bench_core.metricbase import PairedMetric, check_shapes
 
-from ._reduce import PairedMetric, check_shapes
 from .ssim import _GAUSSIAN_TRUNCATE, K1, K2, PRESETS, _correlate_valid
 
 MS_SSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)

@@ -16,8 +16,7 @@ import torch
 
 from bench_core.api import API_VERSION, BenchError
 from bench_core.hookspecs import hookimpl
-
-from ._reduce import PairedMetric, check_shapes
+from bench_core.metricbase import PairedMetric, check_shapes
 
 DEFAULT_MAX_DB = 100.0
 

@@ -32,8 +32,7 @@ import torch
 
 from bench_core.api import API_VERSION, BenchError
 from bench_core.hookspecs import hookimpl
-
-from ._reduce import PairedMetric, check_shapes
+from bench_core.metricbase import PairedMetric, check_shapes
 
 K1 = 0.01
 K2 = 0.03

@@ -38,8 +38,9 @@ import torch.nn.functional as F
 
 from bench_core.api import API_VERSION, BenchError, MetricValue
 from bench_core.hookspecs import hookimpl
+from bench_core.metricbase import OUT_OF_RANGE_POLICIES, RANGE_TOLERANCE, check_options, check_range
 
-from ._reduce import OUT_OF_RANGE_POLICIES, RANGE_TOLERANCE, Reservoir, check_options, check_range
+from ._reduce import Reservoir
 
 _BINOMIAL = (1.0, 4.0, 6.0, 4.0, 1.0)
 SCALE = 1000.0
