@@ -129,3 +129,40 @@ def test_without_per_item_images_only_the_kept_items_are_shown(cli_run, tmp_path
     section = html[html.index('id="task-recon"') : html.index("</section>", html.index('id="task-recon"'))]
     heads = re.findall(r'<th class="text item-head" title="([^"]*)"', section)
     assert heads == _lowest(TEST_IDS, STRIP_ITEMS) and "not kept" not in section
+
+
+class _Volumes(torch.utils.data.Dataset):
+    """Five random 1x4x6x8 volumes in [0, 1], ids v0..v4."""
+
+    def __init__(self) -> None:
+        self.x = torch.from_numpy(np.random.default_rng(0).random((5, 1, 4, 6, 8)).astype(np.float32))
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def __getitem__(self, i: int) -> dict:
+        return {"image": self.x[i], "id": f"v{i}"}
+
+
+class _Identity(torch.nn.Module):
+    def reconstruct(self, x: torch.Tensor, modality: str) -> torch.Tensor:
+        return x
+
+
+def test_volumes_keep_their_three_centre_planes_even_without_saving_images(tmp_path: Path) -> None:
+    from bench_core.api import RECONSTRUCT, DataSpec
+    from bench_core.evaluator import EvalJob, EvalSettings, Task, evaluate
+
+    data = _Volumes()
+    spec = DataSpec(("image",), (1,), 3, (4, 6, 8), (0.0, 1.0), {"test": 5})
+    job = EvalJob(_Identity(), spec, [Task("recon", RECONSTRUCT, "image", "image")], {}, data)
+    evaluate(job, EvalSettings(device=torch.device("cpu"), batch_size=2, save_images=False), tmp_path)
+    assert not (tmp_path / "recon").exists() and not (tmp_path / "gt").exists()  # no per-item images asked for
+    kept = json.loads((tmp_path / "strip" / "recon" / STRIP_INDEX).read_text())
+    assert kept == _lowest([f"v{i}" for i in range(5)], STRIP_ITEMS)  # five items: all of them, in hash order
+    x = data.x[int(kept[0][1:]), 0].numpy()
+    planes = [x[2], x[:, 3], x[:, :, 4]]  # (6, 8), (4, 8), (4, 6): each padded to 8x8, side by side
+    expected = np.concatenate([np.pad(p, ((0, 8 - p.shape[0]), (0, 8 - p.shape[1]))) for p in planes], axis=1)
+    shown = np.asarray(Image.open(tmp_path / "strip" / "recon" / "output" / f"{kept[0]}.png"))
+    np.testing.assert_array_equal(shown, np.floor(expected * 255 + 0.5).astype(np.uint8))
+    assert shown.shape == (8, 24)
