@@ -61,17 +61,20 @@ def test_bench_lists_and_runs_the_installed_example(installed, tmp_path):
         timeout=120,
     )  # fmt: skip
     assert listing.returncode == 0, listing.stderr
-    for entry, provides in (("tinyae", "model tinyae"), ("shapes2d", "dataset shapes2d"), ("mae", "metric mae")):
+    plugins = (("tinyae", "model tinyae"), ("tinypix", "model tinypix"), ("shapes2d", "dataset shapes2d"),
+               ("mae", "metric mae"))  # fmt: skip
+    for entry, provides in plugins:
         block = listing.stdout.split(f"{DIST} 0.1.0  {entry} = bench_plugin_example.{entry}\n", 1)[1]
         assert block.startswith(f"    provides: {provides}\n    status:   ok"), listing.stdout
 
     # The example suite itself, with budgets and data small enough for a test.
     suite = yaml.safe_load((installed["source"] / "suites" / "example.yaml").read_text())
     suite["device"] = "cpu"
-    suite["models"][0]["budget"] = {"steps": 12, "batch_size": 4}
+    for model in suite["models"]:
+        model["budget"] = {"steps": 12, "batch_size": 4}
     by_plugin = {d["plugin"]: d for d in suite["datasets"]}
-    by_plugin["hipmri"]["embedded"] = {"n": 12, "seed": 0}
-    by_plugin["shapes2d"]["embedded"] = {"n": 12, "seed": 0}
+    for name in ("hipmri", "shapes2d", "gold"):
+        by_plugin[name]["embedded"] = {"n": 12, "seed": 0}
     suite["evaluation"] = {"batch_size": 4, "grid_size": 2}
     path = tmp_path / "example.yaml"
     path.write_text(yaml.safe_dump(suite, sort_keys=False))
@@ -92,9 +95,17 @@ def test_bench_lists_and_runs_the_installed_example(installed, tmp_path):
         }
     finally:
         con.close()
-    assert cells == {("tinyae-tiny", "hipmri-phantom"): "done", ("tinyae-tiny", "shapes2d"): "done"}
-    # A third-party dataset gets the engine's baselines like a built-in one.
-    assert baselines == {("baseline:mean-image", "hipmri-phantom"), ("baseline:mean-image", "shapes2d")}
+    assert cells == {("tinyae-tiny", "hipmri-phantom"): "done", ("tinyae-tiny", "shapes2d"): "done",
+                     ("tinypix-tiny", "gold"): "done"}  # fmt: skip
+    # A third-party dataset gets the engine's baselines like a built-in one; on gold, for A2B only.
+    assert {b for b in baselines if b[1] != "gold"} == {("baseline:mean-image", "hipmri-phantom"),
+                                                        ("baseline:mean-image", "shapes2d")}  # fmt: skip
+    assert {b for b in baselines if b[1] == "gold"} >= {("baseline:mean-image", "gold"), ("baseline:identity", "gold")}
+    # The one-way translator is evaluated on its one task: A2B rows, no B2A, no failure.
+    gold_tasks = {task for (model, _, task, metric) in rows if model == "tinypix-tiny" and metric == "mae"}
+    assert gold_tasks == {"A2B"}
+    baseline_tasks = {task for (model, dataset, task, _) in rows if dataset == "gold" and model.startswith("baseline:")}
+    assert baseline_tasks == {"A2B"}
     for dataset in ("hipmri-phantom", "shapes2d"):
         mae = rows[("tinyae-tiny", dataset, "recon", "mae")]
         psnr = rows[("tinyae-tiny", dataset, "recon", "psnr")]

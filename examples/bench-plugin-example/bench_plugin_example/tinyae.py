@@ -64,8 +64,8 @@ _TINY = {
 class TinyAE(nn.Module):
     """A small convolutional VAE that reconstructs and samples single-modality 2D images.
 
-    Built as ``TinyAE(config, spec)`` by the engine. Inputs and outputs are in
-    ``spec.value_range``; internally images are mapped to ``[0, 1]`` so the sigmoid output
+    Built as ``TinyAE(config, spec)`` by the engine. Inputs and outputs are in the value
+    range of the modality (``spec.range_of``); internally images are mapped to ``[0, 1]`` so the sigmoid output
     covers the whole range whatever the dataset declares.
     """
 
@@ -82,13 +82,11 @@ class TinyAE(nn.Module):
     default_config = "base"
 
     def __init__(self, config: Mapping[str, Any], spec: DataSpec) -> None:
+        # No compatibility check here: the engine asks incompatibility() before building a model.
         super().__init__()
-        reason = self.incompatibility(spec)
-        if reason:  # the engine asks incompatibility() first; this guards direct use
-            raise BenchError(reason)
         self.config = dict(config)
         self.modality = spec.modalities[0]
-        self.low, self.high = (float(v) for v in spec.value_range)
+        self.low, self.high = spec.range_of(self.modality)
         channels, width, latent = spec.channels[0], int(config["width"]), int(config["latent_dim"])
         self.latent_dim = latent
         self.code_shape = (2 * width, spec.shape[0] // DOWNSAMPLING, spec.shape[1] // DOWNSAMPLING)
@@ -117,6 +115,8 @@ class TinyAE(nn.Module):
 
         The engine calls this before building the model and records a non-``None`` answer
         as the reason the cell was skipped, so write it for the person reading the report.
+        No config needed here (its answer is the same for every config): the one-argument
+        form; a model whose needs depend on its config takes ``(spec, config)`` (see tinypix).
         """
         if spec.dims not in cls.dims:
             return f"tinyae is 2D; the dataset is {spec.dims}D"

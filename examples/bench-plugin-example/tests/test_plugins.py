@@ -20,6 +20,7 @@ from bench_core.testing import check_dataset_plugin, check_metric_plugin, check_
 from bench_plugin_example.mae import MAE
 from bench_plugin_example.shapes2d import SHAPES, Shapes2D
 from bench_plugin_example.tinyae import TinyAE
+from bench_plugin_example.tinypix import TinyPix
 
 
 @pytest.fixture(autouse=True)
@@ -36,6 +37,7 @@ def test_entry_points_name_every_plugin():
     found = {ep.name: ep.value for ep in metadata.entry_points(group="bench") if ep.dist.name == "bench-plugin-example"}
     assert found == {
         "tinyae": "bench_plugin_example.tinyae",
+        "tinypix": "bench_plugin_example.tinypix",
         "shapes2d": "bench_plugin_example.shapes2d",
         "mae": "bench_plugin_example.mae",
     }
@@ -51,6 +53,11 @@ def test_tinyae_conformance():
 def test_tinyae_conformance_on_shapes2d(tmp_path):
     Shapes2D.make_embedded(tmp_path, n=6, seed=0)
     check_model_plugin(TinyAE, config="tiny", spec=Shapes2D(tmp_path).spec())
+
+
+def test_tinypix_conformance():
+    # The kit picks a paired spec the model accepts and checks translate for its declared task only.
+    check_model_plugin(TinyPix, config="tiny")
 
 
 def test_shapes2d_conformance(tmp_path):
@@ -126,6 +133,31 @@ def test_tinyae_maps_outputs_into_the_declared_range():
     assert float(y.min()) >= -1000.0 and float(y.max()) <= 3000.0
 
 
+# -- the one-way translator ----------------------------------------------------------------
+
+CT_MR = DataSpec(("ct", "mr"), (1, 1), 2, (16, 16), ranges=((-1000.0, 3000.0), (0.0, 1.0)))
+
+
+def test_tinypix_translates_one_way_between_the_modalities_own_ranges():
+    torch.manual_seed(0)
+    model = TinyPix(TinyPix.configs["tiny"], CT_MR)
+    ct = torch.linspace(-1000.0, 3000.0, 2 * 16 * 16).view(2, 1, 16, 16)
+    with torch.no_grad():
+        mr = model.translate(ct, "ct", "mr")
+    assert mr.shape == ct.shape and float(mr.min()) >= 0.0 and float(mr.max()) <= 1.0
+    with pytest.raises(BenchError, match="tinypix translates ct to mr only, not mr to ct"):
+        model.translate(mr, "mr", "ct")
+    assert TinyPix.tasks == {"A2B"}
+
+
+def test_tinypix_incompatibility_follows_its_config():
+    assert TinyPix.incompatibility(CT_MR, TinyPix.configs["tiny"]) is None  # 16 is divisible by 2**2
+    reason = TinyPix.incompatibility(CT_MR, {**TinyPix.configs["tiny"], "levels": 5})
+    assert reason == "tinypix with levels=5 needs height and width divisible by 32, got (16, 16)"
+    single = DataSpec(("image",), (1,), 2, (16, 16), (0.0, 1.0))
+    assert "one modality (image)" in TinyPix.incompatibility(single, TinyPix.configs["tiny"])
+
+
 # -- the dataset --------------------------------------------------------------------------
 
 
@@ -175,5 +207,8 @@ def test_mae_values_and_settings():
     result = metric.compute()
     assert (result.value, result.std, result.n) == (0.375, 0.125, 2)
     assert result.settings["data_range"] == 1.0 and result.settings["std"] == "population (ddof=0)"
+    assert result.per_item == [0.5, 0.25]
     with pytest.raises(BenchError, match="shapes differ"):
         metric.update(pred, target[:1])
+    with pytest.raises(BenchError, match=r"mae: pred values lie in \[-1, -1\], outside the declared range \[0, 1\]"):
+        metric.update(pred - 1, target)
