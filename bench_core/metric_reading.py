@@ -11,7 +11,7 @@ the same default through :func:`row_reading`.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -49,8 +49,3 @@ def row_reading(provenance: Mapping[str, Any], higher_is_better: bool | None) ->
         headline if isinstance(headline, bool) else _default_headline(higher_is_better),
     )
 
-
-def headline_names(metrics: Iterable[tuple[str, type]], limit: int | None = None) -> list[str]:
-    """The names of the headline metrics among ``(name, class)`` pairs, in their order, at most ``limit``."""
-    names = [name for name, cls in metrics if metric_reading(cls).headline]
-    return names if limit is None else names[:limit]

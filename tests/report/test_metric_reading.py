@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from bench_core.describe import describe, find, format_description
-from bench_core.metric_reading import MetricReading, headline_names, metric_reading, row_reading
+from bench_core.metric_reading import MetricReading, metric_reading, row_reading
 from bench_core.plugins import load_registry
 from bench_core.rows import ResultRow
 from bench_core.runner import _cell_line
@@ -45,7 +45,6 @@ def test_declared_attributes_win_and_defaults_follow_the_direction() -> None:
     # A non-bool headline or a blank description is not a declaration: the defaults apply.
     odd = type("Odd", (Undeclared,), {"headline": "yes", "description": "  "})
     assert metric_reading(odd) == MetricReading("First line of the docstring,", True)
-    assert headline_names([("a", Declared), ("b", Undeclared), ("c", NoDirection), ("d", Undeclared)], 1) == ["b"]
 
 
 def test_rows_stored_before_readings_get_the_same_defaults() -> None:
