@@ -234,6 +234,18 @@ def check_dataset_plugin(cls: type, root: Path, make: bool = True, **options: An
             assert batch[spec.modalities[0]].shape[0] == min(2, n), f"{cls.name}: {name} does not collate"
 
 
+def _check_metric_value(cls: type, metric: Any, whole: Any) -> None:
+    """A computed value's type, finiteness and JSON settings; no ``dims`` set on the instance."""
+    assert "dims" not in getattr(metric, "__dict__", {}), (
+        f"{cls.name}: sets self.dims on the instance, hiding the class attribute dims (the dims the engine may "
+        "build it for); keep the dims it was built for under another name (PairedMetric's spatial_dims)"
+    )
+    assert isinstance(whole, MetricValue), f"{cls.name}: compute() returned {type(whole).__name__}"
+    assert math.isfinite(whole.value), f"{cls.name}: value {whole.value} is not finite"
+    json.dumps(whole.settings)
+    json.dumps(metric.settings())
+
+
 def check_metric_plugin(cls: type, dims: int | None = None, **options: Any) -> None:
     """Check a metric plugin class against the metric contract (update / compute / reset).
 
@@ -269,14 +281,7 @@ def check_metric_plugin(cls: type, dims: int | None = None, **options: Any) -> N
         return metric, metric.compute(), per_item
 
     metric, whole, per_item = run([(y, x)])
-    assert "dims" not in getattr(metric, "__dict__", {}), (
-        f"{cls.name}: sets self.dims on the instance, hiding the class attribute dims (the dims the engine may "
-        "build it for); keep the dims it was built for under another name (PairedMetric's spatial_dims)"
-    )
-    assert isinstance(whole, MetricValue), f"{cls.name}: compute() returned {type(whole).__name__}"
-    assert math.isfinite(whole.value), f"{cls.name}: value {whole.value} is not finite"
-    json.dumps(whole.settings)
-    json.dumps(metric.settings())
+    _check_metric_value(cls, metric, whole)
     half = n // 2
     _, split, _ = run([(y[:half], x[:half]), (y[half:], x[half:])])
     assert math.isclose(whole.value, split.value, rel_tol=1e-4, abs_tol=1e-6), (
