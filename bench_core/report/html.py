@@ -26,9 +26,9 @@ from bench_core.jsonvalues import dumps
 from bench_core.metric_reading import row_reading
 from bench_core.report.closest import closest_pairs
 from bench_core.report.jinja import engine_version, environment
+from bench_core.report.plots import dataset_plots
 from bench_core.report.readable import settings_line
 from bench_core.report.strip import build_strips
-from bench_core.report.plots import dataset_plots
 from bench_core.results import StoredResults, load_results, provenance_context
 from bench_core.tables import Aggregate, Table, aggregate, arrow, build_tables
 
@@ -106,6 +106,7 @@ def build_report(
         cells=data.cells,
         cell_pages=cell_pages,
         strip_pages=strip_pages,
+        descriptions=_descriptions(data),
         sections=extra_sections or [],
         speed=speed,
         cell_title=_cell_title,
@@ -171,6 +172,11 @@ def _index_context(data: StoredResults, tables: list[Table], cell_pages: dict[st
     for c in data.cells:
         summary[c["status"]] = summary.get(c["status"], 0) + 1
     return {"datasets": by_dataset, "links": links, "summary": summary, "plots": dataset_plots(data, tables)}
+
+
+def _descriptions(data: StoredResults) -> dict[str, str]:
+    """Metric name -> the one line its plugin reads as (for the leaderboards' column headers)."""
+    return {r.metric: text for r in data.results if (text := row_reading(r.provenance, r.higher_is_better).description)}
 
 
 def _read(path: Path) -> str:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sqlite3
+
 import pytest
 
 from bench_core.describe import describe, find, format_description
@@ -101,3 +103,16 @@ def test_console_line_shows_the_first_two_headline_metrics_whatever_their_names(
     line = _cell_line(_Cell(), "done", None, rows)
     assert line == "✓ m/d/seed0: done recon.third-party=0.5 recon.second=0.25 sample.third-party=0.75"
 
+
+
+def test_report_headers_say_what_a_metric_measures(tmp_path, make_store) -> None:
+    from bench_core.report.html import build_report
+    from bench_core.store import STORE_NAME
+
+    out = make_store(tmp_path / "r", "s", [("a", "d", 0, {"ssim": {"value": 0.8}, "mae": {"value": 0.1}}, None)])
+    with sqlite3.connect(out / STORE_NAME) as db:  # as evaluation stores it: the plugin's reading in the provenance
+        db.execute("UPDATE results SET provenance = ? WHERE metric = 'ssim'",
+                   ('{"plugin": "ssim", "description": "Structure <i>seen</i>", "headline": true}',))  # fmt: skip
+    index = build_report(out).read_text()
+    assert 'title="Structure &lt;i&gt;seen&lt;/i&gt;; higher is better">ssim' in index
+    assert 'title="higher is better">mae' in index  # stored without one: no description, only the direction
