@@ -21,6 +21,8 @@ from bench_core.rows import ResultRow
 from bench_core.store import STORE_NAME, ResultsStore
 
 THROUGHPUT_SUFFIX = "images_per_s"
+SUITE_COPY = "suite.yaml"
+"""The copy of the suite file that ``bench run`` keeps beside the store."""
 logger = logging.getLogger(__name__)
 
 
@@ -37,6 +39,12 @@ class StoredResults:
     per_item: dict[tuple[str, str, str], dict[str, float]] = field(default_factory=dict)  # item id -> value
     by_cell: dict[str, list[ResultRow]] = field(default_factory=dict)  # cell_key -> its result rows
     superseded: int = 0  # cells of earlier versions of the suite, left out of (or relabelled in) the data
+    metric_order: list[str] = field(default_factory=list)  # the suite's metrics as its suite.yaml lists them
+
+    def metric_rank(self, metric: str) -> int:
+        """Where ``metric`` (or the metric a component ``name.part`` belongs to) sits in the suite's list."""
+        base = metric.partition(".")[0]
+        return self.metric_order.index(base) if base in self.metric_order else len(self.metric_order)
 
 
 def load_results(path: str | Path, suite: str | None = None, everything: bool = False) -> StoredResults:
@@ -58,7 +66,21 @@ def load_results(path: str | Path, suite: str | None = None, everything: bool = 
         data.by_cell.setdefault(row.cell_key, []).append(row)
     for cell in data.cells:
         _read_eval(data, cell)
+    data.metric_order = _metric_order(data.output_dir / SUITE_COPY)
     return data
+
+
+def _metric_order(path: Path) -> list[str]:
+    """The metric names of the suite file copied beside the store (empty when it is missing or unreadable)."""
+    import yaml
+
+    try:
+        suite = yaml.safe_load(path.read_text()) if path.exists() else None
+    except (OSError, ValueError, yaml.YAMLError):  # ValueError: bad UTF-8
+        return []
+    metrics = suite.get("metrics") if isinstance(suite, dict) else None
+    entries = metrics if isinstance(metrics, list) else []
+    return [m if isinstance(m, str) else str(m.get("plugin")) for m in entries if isinstance(m, str | dict)]
 
 
 def all_rows(output_dir: Path) -> list[dict[str, Any]]:

@@ -30,7 +30,7 @@ from bench_core.report.plots import dataset_plots
 from bench_core.report.readable import settings_line
 from bench_core.report.strip import build_strips
 from bench_core.results import StoredResults, load_results, provenance_context
-from bench_core.tables import Aggregate, Table, aggregate, arrow, build_tables
+from bench_core.tables import Aggregate, Table, aggregate, arrow, build_tables, task_rank
 
 _WIDTH, _HEIGHT = 420, 130
 WORST_N = 8
@@ -229,8 +229,10 @@ def _cell_context(cell: dict[str, Any], data: StoredResults, depth: int) -> dict
     directions = {(r.task, r.metric): r.higher_is_better for r in rows}
     headline = {r.metric for r in rows if row_reading(r.provenance, r.higher_is_better).headline}
     galleries = _worst_items(data.evals.get(cell["cell_key"], {}), directions, headline, spec, cell_dir)
-    return {"numbers": numbers, "headline": [x for x in numbers if x["headline"]], "curves": curves, "grids": grids,
-            "galleries": galleries, "spec": spec}  # fmt: skip
+    shown_first = sorted((x for x in numbers if x["headline"]),
+                         key=lambda x: (task_rank(x["task"]), x["task"], data.metric_rank(x["metric"])))  # fmt: skip
+    return {"numbers": numbers, "headline": shown_first, "curves": curves, "grids": grids, "galleries": galleries,
+            "spec": spec}  # fmt: skip
 
 
 def _task_modalities(task: str, spec: dict[str, Any]) -> tuple[str | None, str | None]:

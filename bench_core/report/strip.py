@@ -7,7 +7,7 @@ cell folder, referenced relative to the page; the report never runs a model.
 
 Which items: the ones every cell kept under ``strip/<task>/`` (chosen from the item ids alone,
 :mod:`bench_core.images`), followed by the worst and the median test item of the best model by
-the dataset's first headline metric with per-item values, taken from the per-item images
+the suite's first headline metric with per-item values, taken from the per-item images
 (``<task>/<id>.png``) that cells write unless ``save_images`` is off (without them the two
 columns are left out). A model that scored several seeds shows its lowest seed.
 """
@@ -130,7 +130,7 @@ def _best_model_items(
     data: StoredResults, table: Table, cells: dict[str, dict[str, Any]], headline: set[str]
 ) -> tuple[str | None, list[tuple[str, str, str]]]:
     """The metric shown, and the worst and median items of the column's best model by it (when ranked)."""
-    for metric, higher in table.metrics:
+    for metric, higher in sorted(table.metrics, key=lambda mh: data.metric_rank(mh[0])):  # the suite's order
         if metric not in headline or higher is None:
             continue
         best = next((m for m, aggs in table.rows.items() if (a := aggs.get(metric)) is not None and a.best), None)

@@ -57,3 +57,20 @@ def test_cell_page_order_headline_numbers_and_folded_settings(tmp_path, make_sto
     ssim = next(json.loads(text) for text in folded if '"preset"' in text)
     assert {k: ssim[k] for k in SSIM_SETTINGS} == SSIM_SETTINGS
     assert "<details" in page[page.index("<summary>Provenance") - 40 : page.index("<summary>Provenance")]
+
+
+def test_headline_numbers_follow_the_suites_metric_order(tmp_path, make_store) -> None:
+    from bench_core.results import load_results
+
+    metrics = {"alpha": {"value": 0.5}, "zeta": {"value": 0.25}}
+    out = make_store(tmp_path / "r", "s", [("a", "d", 0, metrics, None)])
+    (out / "suite.yaml").write_text("name: s\nmetrics: [zeta, {plugin: alpha, options: {k: 1}}]\n")
+    data = load_results(out)
+    assert data.metric_order == ["zeta", "alpha"]
+    assert [data.metric_rank(m) for m in ("zeta", "alpha.part", "other")] == [0, 1, 2]
+    build_report(out)
+    page = (out / "cells" / "a__d__seed0" / "index.html").read_text()
+    headline = page[page.index('class="headline"') : page.index("<h2>Image grids</h2>")]
+    assert headline.index("recon · zeta") < headline.index("recon · alpha")  # the store keeps them by name
+    (out / "suite.yaml").write_text("metrics: [unclosed\n")
+    assert load_results(out).metric_order == []
