@@ -12,6 +12,7 @@ from toy_suites import toy_suite
 
 from bench_core.api import API_VERSION, RECONSTRUCT, TRANSLATE, BenchError, DataSpec
 from bench_core.cells import plan
+from bench_core.describe import describe, find, format_description
 from bench_core.evaluator import EvalJob, EvalSettings, evaluate, model_tasks, tasks_for
 from bench_core.plugins import incompatibility_of, load_registry, tasks_problem
 from bench_core.runner import Console, Runner
@@ -154,3 +155,12 @@ def test_one_way_model_gets_its_tasks_and_a_refusing_one_keeps_its_rows(tmp_path
     assert refuser["details"]["failed_tasks"] == {"B2A": "NotImplementedError: toy-refuser translates A to B only"}
     assert "task B2A failed: NotImplementedError: toy-refuser translates A to B only" in refuser["details"]["notes"]
 
+
+
+def test_plugins_details_show_the_declared_tasks():
+    registry = load_registry(extra_modules=[fakeplugins])
+    one_way, refuser = (describe(find(registry, name)[0]) for name in ("toy-oneway", "toy-refuser"))
+    assert one_way["declared_tasks"] == ["A2A", "A2B", "B2B"]
+    assert one_way["tasks"]["2D pair A/B (32x32)"] == "not served: toy-ae needs 16x16 images, got (32, 32)"
+    assert refuser["declared_tasks"] == "all of its capabilities"
+    assert "\n  tasks: A2A, A2B, B2B\n" in format_description(one_way)
