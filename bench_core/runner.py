@@ -199,4 +199,5 @@ def _cell_line(cell: Cell | BaselineCell, status: str, reason: str | None, rows:
     metric_rows = [r for r in rows if r.kind in ("metric", "baseline") and r.value is not None]
     names = list(dict.fromkeys(r.metric for r in metric_rows if row_reading(r.provenance, r.higher_is_better).headline))
     shown = [f"{r.task}.{r.metric}={r.value:.4g}" for r in metric_rows if r.metric in names[:SUMMARY_METRICS]]
-    return f"{mark} {cell.id}: done {' '.join(shown)}"
+    partial = f" ({reason})" if reason else ""  # a done cell's reason names the tasks that failed alone
+    return f"{mark} {cell.id}: done {' '.join(shown)}{partial}"

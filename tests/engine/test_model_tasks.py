@@ -137,8 +137,9 @@ def test_one_way_model_gets_its_tasks_and_a_refusing_one_keeps_its_rows(tmp_path
         metrics=["toy-mae"], evaluation={"batch_size": 4, "save_images": False},
     ))  # fmt: skip
     registry = load_registry(extra_modules=[fakeplugins])
-    quiet = Console(progress=False, log=lambda _: None)
-    summary = Runner(suite, registry, output_dir=tmp_path / "out", console=quiet).run(plan(suite))
+    lines: list[str] = []
+    runner = Runner(suite, registry, output_dir=tmp_path / "out", console=Console(False, lines.append))
+    summary = runner.run(plan(suite))
     assert summary["failed"] == 0, summary
     store = ResultsStore(tmp_path / "out")
     cells = {c["model"]: c for c in store.cells()}
@@ -154,6 +155,8 @@ def test_one_way_model_gets_its_tasks_and_a_refusing_one_keeps_its_rows(tmp_path
     assert refuser["reason"] == "failed tasks: B2A: NotImplementedError: toy-refuser translates A to B only"
     assert refuser["details"]["failed_tasks"] == {"B2A": "NotImplementedError: toy-refuser translates A to B only"}
     assert "task B2A failed: NotImplementedError: toy-refuser translates A to B only" in refuser["details"]["notes"]
+    (line,) = [line for line in lines if line.startswith("✓ toy-refuser/toy/seed0: done")]
+    assert line.endswith(" (failed tasks: B2A: NotImplementedError: toy-refuser translates A to B only)"), line
 
 
 
