@@ -5,8 +5,9 @@ single-modality data, ``A2A``/``B2B`` and ``A2B``/``B2A`` for paired data, and
 ``sample``. One pass over the test loader feeds every reconstruction and translation
 task batch by batch, so no test set is ever held in memory. Predictions and targets are
 mapped from the value range of the modality they are (``DataSpec.range_of``) to ``[0, 1]``
-(predictions clamped, and the count recorded) before the metrics see them, so every metric uses ``data_range = 1``. Rows of
-per-item metrics carry the seeded bootstrap 95% interval of their mean over test items.
+(predictions clamped, and the count recorded) before the metrics see them, so every metric
+uses ``data_range = 1``. Rows of per-item metrics carry the seeded bootstrap 95% interval of
+their mean over test items.
 
 Every reconstruction and translation task also stores a diagnostic row,
 ``input_dependence``: the spread of the outputs across test items over the spread of the

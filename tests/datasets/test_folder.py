@@ -364,7 +364,8 @@ def test_layout_and_option_mistakes(tmp_path: Path) -> None:
         "folder: option modalities.image.range must be [LOW, HIGH], finite numbers with LOW < HIGH, got [1, 0]"
     ):
         Folder(root, modalities={"image": {"range": [1, 0]}})
-    with _raises_exactly("folder: unknown option 'sise'; valid options: fit, keep_ranges, modalities, seed, size, val_fraction"):
+    valid = "fit, keep_ranges, modalities, seed, size, val_fraction"
+    with _raises_exactly(f"folder: unknown option 'sise'; valid options: {valid}"):
         Folder(root, sise=[8, 8])
     with _raises_exactly("folder: option size must be 2 positive integers [H, W] for 2D data, got [8, 8, 8]"):
         Folder(root, size=[8, 8, 8])
