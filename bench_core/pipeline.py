@@ -121,7 +121,10 @@ def prepare(run: RunContext, cell: Cell) -> CellContext:
     checkpoint = checkpoint_key(_weights_identity(run.suite, cell, model_cls, config, data))
     details: dict[str, Any] = {"config": config, "checkpoint": checkpoint, "spec": spec_dict(spec), "stages": []}
     if run.suite.compile:
-        details["compile"] = compiled or f"not applied: torch.compile is a CUDA option here, device is {run.device}"
+        details["compile"] = compiled or (
+            f"not applied: torch.compile is a CUDA option here, device is {run.device} (on the CPU, compiling "
+            "took longer than it saved in a cell: docs/performance.md)"
+        )
     return CellContext(run, cell, data, model_cls, registered.source.distribution, config, tasks, model,
                        checkpoint, details)  # fmt: skip
 

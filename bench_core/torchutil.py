@@ -106,14 +106,20 @@ def peak_memory(device: torch.device) -> tuple[float, str]:
 
 
 def compile_children(model: torch.nn.Module, backend: str = "inductor") -> list[str]:
-    """``torch.compile`` each direct submodule in place; return the names compiled.
+    """``torch.compile`` the model's outermost callable submodules in place; return their names.
 
     Submodules rather than the model: stage losses and capability methods call the
     submodules (encoder, quantiser, priors), not ``model.forward``, so compiling the
-    children is what makes those calls compiled.
+    children is what makes those calls compiled. A child without a ``forward`` of its own (a
+    ``ModuleList``, a branch whose parts are called one by one) is never called itself, and
+    compiling it would change nothing: its children are compiled instead, down to modules
+    that define ``forward`` (phvae's ``branches.0.encoder``, ...).
     """
     names = []
     for name, child in model.named_children():
-        child.compile(backend=backend)
-        names.append(name)
+        if type(child).forward is torch.nn.Module.forward:
+            names += [f"{name}.{inner}" for inner in compile_children(child, backend)]
+        else:
+            child.compile(backend=backend)
+            names.append(name)
     return names

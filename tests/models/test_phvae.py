@@ -399,3 +399,46 @@ def test_checkpointing_option() -> None:
     plain = _model(seed=0).eval()
     assert torch.equal(model.eval().translate(x, "A", "B", temperature=0.0), plain.translate(x, "A", "B"))
     assert model.evaluation_metrics([_pairs(2)]) == plain.evaluation_metrics([_pairs(2)])
+
+
+def test_channels_last_is_the_same_model_within_rounding() -> None:
+    assert PHVAE.configs["tiny"]["channels_last"] is True
+    assert not any(cfg["channels_last"] for name, cfg in PHVAE.configs.items() if name != "tiny")
+    fast = _model(seed=0, channels_last=True)
+    plain = _model(seed=0, channels_last=False)
+    plain.load_state_dict(fast.state_dict())  # the same weights, stored channels-first
+    conv = fast.branches[0].decoder.groups[0].prior.convs[1].weight
+    assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
+    assert plain.branches[0].decoder.groups[0].prior.convs[1].weight.is_contiguous()
+    batch = _pairs(2)
+    for model in (fast, plain):
+        model.eval()
+    x = batch["A"]
+    out_fast, out_plain = fast.translate(x, "A", "B"), plain.translate(x, "A", "B")
+    assert out_fast.is_contiguous() and (out_fast - out_plain).abs().max() < 1e-5
+    torch.manual_seed(3)
+    loss_fast = fast.train().loss(batch)
+    torch.manual_seed(3)
+    loss_plain = plain.train().loss(batch)
+    for key, value in loss_plain.items():
+        assert abs(float(loss_fast[key].detach()) - float(value.detach())) < 1e-5, key
+    loss_fast["loss"].backward()
+    loss_plain["loss"].backward()
+    grads = dict(plain.named_parameters())
+    for name, p in fast.named_parameters():
+        scale = float(grads[name].grad.abs().max()) + 1e-12
+        assert float((p.grad - grads[name].grad).abs().max()) / scale < 1e-4, name
+
+
+def test_the_engines_compile_reaches_the_encoders_and_decoders() -> None:
+    """phvae's only child is a ModuleList that is never called: compile_children goes down to the called parts."""
+    from bench_core.torchutil import compile_children
+
+    model = _model(seed=0).eval()
+    x = _pairs(2)["A"]
+    before = model.translate(x, "A", "B", temperature=0.0)
+    # The "eager" backend exercises the compile path on CPU without a C++ toolchain.
+    names = compile_children(model, backend="eager")
+    assert names == ["branches.0.encoder", "branches.0.decoder", "branches.1.encoder", "branches.1.decoder"]
+    assert all(model.get_submodule(name)._compiled_call_impl is not None for name in names)
+    assert torch.allclose(model.translate(x, "A", "B", temperature=0.0), before, atol=1e-6)
