@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -62,6 +63,25 @@ def source001_augment(size: int, p: float = 0.1, seed: int | None = None) -> Cal
     random stream: the engine saves that stream with the training state, and a resumed run
     draws the same augmentations as one that was never interrupted.
     """
+    anisotropy, monai_first, torchio_chain, monai_last = _chain(size, p)
+    seeds = None if seed is None else torch.Generator().manual_seed(seed)
+
+    def augment(volume: Tensor) -> Tensor:
+        first_seed = int(torch.randint(2**31 - 2, (), generator=seeds).item())
+        monai_first.set_random_state(seed=first_seed)
+        monai_last.set_random_state(seed=first_seed + 1)
+        x = volume.detach().float().cpu()
+        x = anisotropy(x)
+        x = torch.as_tensor(monai_first(x))
+        x = torchio_chain(x)
+        x = torch.as_tensor(monai_last(x))
+        return x.as_subclass(Tensor).to(volume.device, volume.dtype)
+
+    return augment
+
+
+def _chain(size: int, p: float) -> tuple[Any, Any, Any, Any]:
+    """The chain's four parts, in the order they run: anisotropy, MONAI intensity, TorchIO artefacts, MONAI spatial."""
     mt, tio = _libraries()
     crop = max(1, round(CROP_FRACTION * size))
     monai_first = mt.Compose(
@@ -98,17 +118,4 @@ def source001_augment(size: int, p: float = 0.1, seed: int | None = None) -> Cal
         ]
     )
     anisotropy = tio.RandomAnisotropy(downsampling=(1 / 0.95, 1 / 0.8), p=p)
-    seeds = None if seed is None else torch.Generator().manual_seed(seed)
-
-    def augment(volume: Tensor) -> Tensor:
-        first_seed = int(torch.randint(2**31 - 2, (), generator=seeds).item())
-        monai_first.set_random_state(seed=first_seed)
-        monai_last.set_random_state(seed=first_seed + 1)
-        x = volume.detach().float().cpu()
-        x = anisotropy(x)
-        x = torch.as_tensor(monai_first(x))
-        x = torchio_chain(x)
-        x = torch.as_tensor(monai_last(x))
-        return x.as_subclass(Tensor).to(volume.device, volume.dtype)
-
-    return augment
+    return anisotropy, monai_first, torchio_chain, monai_last
