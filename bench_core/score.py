@@ -5,8 +5,9 @@ Files are matched by name without extension (``a.png`` with ``a.png``, ``a.nii.g
 no folder is ever held in memory. Intensities are mapped to ``[0, 1]`` exactly as the
 evaluation engine does, and every metric runs with ``data_range = 1``:
 
-- PNG (8-bit or 16-bit, gray or RGB; RGBA and LA lose their alpha channel): divided by the
-  dtype maximum (255 or 65535), or by ``data_range`` when one is given.
+- PNG (8-bit or 16-bit gray, 8-bit RGB; RGBA and LA lose their alpha channel, a palette
+  image is read as its RGB colours; 16-bit colour is refused, since Pillow would drop its low
+  byte): divided by the dtype maximum (255 or 65535), or by ``data_range`` when one is given.
 - NIfTI (``.nii``/``.nii.gz``, 2D or 3D, read with nibabel after its intensity scaling):
   intensities have no fixed range, so ``data_range`` is required and values are divided by it.
 
@@ -24,9 +25,8 @@ import numpy as np
 
 from bench_core.api import BenchError, DataError
 from bench_core.feeder import Computed, MetricFeeder, build_metric
+from bench_core.imagefiles import NIFTI_SUFFIXES, PNG_SUFFIX, is_nifti, read_image
 
-PNG_SUFFIXES = (".png",)
-NIFTI_SUFFIXES = (".nii.gz", ".nii")
 NIFTI_RANGE_MESSAGE = "NIfTI intensities have no fixed range; pass --data-range R"
 _LIST_AT_MOST = 10
 
@@ -145,7 +145,7 @@ def score(folders: ImageFolders, metrics: list[str], registry: Any, batch_size: 
     classes = {name: registry.get("metric", name).cls for name in names}
     pred_dir, ref_dir = Path(folders.pred_dir), Path(folders.ref_dir)
     pairs = _match(_list_images(pred_dir, "prediction"), _list_images(ref_dir, "reference"), pred_dir, ref_dir)
-    if data_range is None and any(_is_nifti(p.pred) or _is_nifti(p.ref) for p in pairs):
+    if data_range is None and any(is_nifti(p.pred) or is_nifti(p.ref) for p in pairs):
         raise BenchError(NIFTI_RANGE_MESSAGE)
     stream = _Stream(classes, batch_size)
     for pair in pairs:
@@ -249,14 +249,10 @@ def _instantiate(classes: dict[str, type], dims: int) -> dict[str, tuple[type, A
     return out
 
 
-def _is_nifti(path: Path) -> bool:
-    return path.name.lower().endswith(NIFTI_SUFFIXES)
-
-
 def _stem(path: Path) -> str | None:
     """The name without its image extension, or ``None`` for files that are not images."""
     lower = path.name.lower()
-    for suffix in NIFTI_SUFFIXES + PNG_SUFFIXES:
+    for suffix in (*NIFTI_SUFFIXES, PNG_SUFFIX):
         if lower.endswith(suffix):
             return path.name[: -len(suffix)]
     return None
@@ -303,13 +299,13 @@ def _read01(path: Path, data_range: float | None) -> tuple[np.ndarray, str, int]
 
     Returns the array, a description of the mapping applied and the spatial dims.
     """
-    if _is_nifti(path):
-        raw = _read_nifti(path)
+    kind, raw = read_image(path, convert=True, dtype=np.float64)
+    if kind.format == "nifti":
         assert data_range is not None  # checked by score() before reading
-        kind, scale = "NIfTI", float(data_range)
+        label, scale = "NIfTI", float(data_range)
     else:
-        raw, dtype_max, kind = _read_png(path)
-        scale = float(data_range) if data_range is not None else dtype_max
+        label = f"{kind.bits}-bit PNG"
+        scale = float(data_range) if data_range is not None else float(2**kind.bits - 1)
     if not np.isfinite(raw).all():
         bad = int((~np.isfinite(raw)).sum())
         raise DataError(f"{path}: {bad} values are NaN or Inf")
@@ -319,49 +315,7 @@ def _read01(path: Path, data_range: float | None) -> tuple[np.ndarray, str, int]
             f"{path}: values span [{lo:g}, {hi:g}], outside the data range [0, {scale:g}]; "
             "pass the right --data-range (values are never clamped)"
         )
-    dims = raw.ndim - 1
-    return raw / scale, f"{kind}: value / {scale:g}", dims
-
-
-def _read_png(path: Path) -> tuple[np.ndarray, float, str]:
-    """``(C, H, W)`` float64 array, the dtype maximum and a label (``8-bit PNG`` / ``16-bit PNG``)."""
-    from PIL import Image
-
-    try:
-        with Image.open(path) as img:
-            img.load()
-            mode = img.mode
-            if mode in ("I;16", "I;16B", "I;16L", "I"):  # 16-bit grayscale PNG
-                arr = np.asarray(img).astype(np.float64)
-                dtype_max, label = 65535.0, "16-bit PNG"
-            else:
-                if mode in ("1", "L", "LA", "La"):
-                    img = img.convert("L")
-                elif mode == "P":
-                    img = img.convert("RGBA").convert("RGB")
-                else:  # RGB, RGBA (alpha dropped) and anything else Pillow reads as 8-bit
-                    img = img.convert("RGB")
-                arr = np.asarray(img).astype(np.float64)
-                dtype_max, label = 255.0, "8-bit PNG"
-    except (OSError, ValueError) as exc:
-        raise DataError(f"{path}: cannot read PNG ({exc})") from exc
-    arr = arr[None] if arr.ndim == 2 else np.moveaxis(arr, -1, 0)
-    return arr, dtype_max, label
-
-
-def _read_nifti(path: Path) -> np.ndarray:
-    """``(1, *spatial)`` float64 array of a 2D or 3D NIfTI (trailing singleton axes dropped)."""
-    import nibabel as nib
-
-    try:
-        arr = np.asarray(nib.load(str(path)).get_fdata(dtype=np.float64))
-    except Exception as exc:  # nibabel raises several unrelated types for bad files
-        raise DataError(f"{path}: cannot read NIfTI ({type(exc).__name__}: {exc})") from exc
-    while arr.ndim > 2 and arr.shape[-1] == 1:
-        arr = arr[..., 0]
-    if arr.ndim not in (2, 3):
-        raise DataError(f"{path}: NIfTI has shape {_shape(arr)}; only 2D images and 3D volumes are supported")
-    return arr[None]
+    return raw / scale, f"{label}: value / {scale:g}", kind.dims
 
 
 def _jsonable(obj: Any) -> Any:

@@ -3,17 +3,13 @@
 from __future__ import annotations
 
 import hashlib
-import zlib
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import nibabel as nib
 import numpy as np
 import torch
 import torch.nn.functional as F
-from nibabel.filebasedimages import ImageFileError
-from nibabel.spatialimages import HeaderDataError, SpatialImage
 
 from bench_core.api import SPLITS, DataError
 
@@ -23,9 +19,6 @@ FINGERPRINT_SAMPLES = 16
 FINGERPRINT_BYTES = 64 * 1024
 """Leading bytes hashed per sampled file."""
 
-NIFTI_READ_ERRORS = (OSError, EOFError, ValueError, zlib.error, ImageFileError, HeaderDataError)
-"""What nibabel raises on a file it cannot parse: bad gzip streams (OSError, zlib.error), truncated
-data (EOFError, or OSError "Expected N bytes"), malformed headers (the nibabel errors)."""
 
 
 def check_options(plugin: str, options: Mapping[str, Any], valid: Iterable[str]) -> None:
@@ -151,52 +144,3 @@ def fingerprint_spread(root: Path, files: Sequence[Path], windows: int = 4) -> s
                     handle.seek(int(offset))
                     digest.update(handle.read(chunk))
     return digest.hexdigest()
-
-
-def open_nifti(path: Path) -> SpatialImage:
-    """Open a NIfTI file and parse its header (the data is read later, through the returned proxy).
-
-    A file that is not a NIfTI image raises :class:`DataError` naming the file and the cause.
-    """
-    try:
-        return nib.load(path)
-    except NIFTI_READ_ERRORS as exc:
-        raise DataError(
-            f"{path}: cannot read NIfTI file ({type(exc).__name__}: {exc}); "
-            "expected a NIfTI-1 or NIfTI-2 image (.nii, or gzip-compressed .nii.gz)"
-        ) from exc
-
-
-def nifti_data_error(path: Path, image: SpatialImage, exc: BaseException) -> DataError:
-    """The :class:`DataError` for a NIfTI file whose header parsed but whose voxel data could not be read.
-
-    A data stream that ends early (an interrupted copy or download) is reported as truncated,
-    with the array the header promises; anything else as corrupt data with nibabel's reason.
-    """
-    shape = "x".join(map(str, image.shape))
-    dtype = image.get_data_dtype()
-    size = dtype.itemsize * int(np.prod(image.shape))
-    truncated = isinstance(exc, EOFError) or (isinstance(exc, OSError) and str(exc).startswith("Expected"))
-    if truncated:
-        return DataError(
-            f"{path}: truncated NIfTI file: the header declares a {shape} {dtype.name} array "
-            f"({size} bytes) but the data ends early; copy or export the file again"
-        )
-    return DataError(
-        f"{path}: corrupt NIfTI data ({type(exc).__name__}: {exc}); the header declares a {shape} {dtype.name} "
-        "array; copy or export the file again"
-    )
-
-
-def read_nifti(path: Path) -> np.ndarray:
-    """The voxel array of a NIfTI file as float32, scaled by the header's slope and intercept.
-
-    Any stored dtype and byte order is accepted (nibabel swaps big-endian data). Unreadable
-    headers, truncated and corrupt data raise :class:`DataError` naming the file
-    (:func:`open_nifti`, :func:`nifti_data_error`).
-    """
-    image = open_nifti(path)
-    try:
-        return image.get_fdata(dtype=np.float32)
-    except NIFTI_READ_ERRORS as exc:
-        raise nifti_data_error(path, image, exc) from exc

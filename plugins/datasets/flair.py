@@ -27,9 +27,10 @@ from torch.utils.data import Dataset
 
 from bench_core.api import API_VERSION, SPLITS, DataError, DataSpec, cache_dir
 from bench_core.hookspecs import hookimpl
+from bench_core.imagefiles import read_nifti
 
 from . import brain
-from ._common import check_options, check_root, files_of_split, fingerprint_spread, list_volumes, read_nifti
+from ._common import check_options, check_root, files_of_split, fingerprint_spread, list_volumes
 
 LAYOUT = "ROOT/*.nii or ROOT/*.nii.gz: a flat folder of 3D skull-stripped FLAIR volumes (at least 3)"
 RESOLUTIONS = (32, 64, 128)

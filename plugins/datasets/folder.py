@@ -16,11 +16,12 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from torch.utils.data import Dataset
 
 from bench_core.api import API_VERSION, SPLITS, DataError, DataSpec
 from bench_core.hookspecs import hookimpl
+from bench_core.imagefiles import Kind, probe, read_image
 
 from ._common import (
     check_options,
@@ -29,8 +30,6 @@ from ._common import (
     fingerprint_files,
     fingerprint_spread,
     list_split_files,
-    open_nifti,
-    read_nifti,
     resize,
 )
 
@@ -47,30 +46,6 @@ FITS = ("resize", "crop")
 _OPTIONS = ("modalities", "size", "fit", "val_fraction", "seed", "keep_ranges")
 _MODALITY_KEYS = ("range", "clip")
 _SHOWN = 5  # file names listed in one error message
-# Pillow modes read as they are: (channels, bits per sample). Pillow < 10 opens 16-bit grey as "I".
-_PNG_MODES = {"L": (1, 8), "RGB": (3, 8), "I;16": (1, 16), "I;16B": (1, 16), "I;16L": (1, 16)}
-_REFUSED_MODES = {
-    "1": "1-bit black-and-white PNG; save it as 8-bit grayscale",
-    "P": "palette (indexed-colour) PNG; save it as grayscale or RGB so its values are intensities",
-    "LA": "grayscale PNG with an alpha channel; save it without alpha (8- or 16-bit grayscale)",
-    "RGBA": "RGBA PNG (alpha channel); save it as RGB or grayscale without alpha",
-}
-
-
-@dataclass(frozen=True)
-class Kind:
-    """What one image file is: ``"png"`` (with its bit depth) or ``"nifti"``, channels and spatial dims."""
-
-    format: str
-    channels: int
-    dims: int
-    bits: int | None = None
-
-    def describe(self) -> str:
-        """E.g. ``"8-bit grayscale PNG"``, ``"16-bit grayscale PNG"``, ``"8-bit RGB PNG"``, ``"3D NIfTI"``."""
-        if self.format == "nifti":
-            return f"{self.dims}D NIfTI"
-        return f"{self.bits}-bit {'RGB' if self.channels == 3 else 'grayscale'} PNG"
 
 
 @dataclass(frozen=True)
@@ -93,76 +68,6 @@ class Modality:
 def _stem(path: Path) -> str:
     name = path.name
     return name[: -len(".nii.gz")] if name.endswith(".nii.gz") else path.stem
-
-
-def _rawmode(image: Image.Image) -> str:
-    # The decoder's raw mode tells the stored bit depth, which Pillow's mode hides for 16-bit colour.
-    args = image.tile[0][3] if image.tile else ""
-    return args if isinstance(args, str) else str(args[0]) if args else ""
-
-
-def _png_kind(path: Path, image: Image.Image) -> Kind:
-    if image.format != "PNG":
-        raise DataError(f"{path}: not a PNG file (its content is {image.format}); expected PNG or NIfTI files")
-    mode, rawmode = image.mode, _rawmode(image)
-    if mode == "I" and rawmode.startswith("I;16"):
-        mode = "I;16"
-    if mode in ("RGB", "RGBA") and ";16" in rawmode:
-        raise DataError(
-            f"{path}: 16-bit colour PNG; Pillow reads colour PNGs with 8 bits per channel only, so it is refused "
-            "rather than read with the low byte dropped; save it as 8-bit RGB, or as 16-bit grayscale per channel"
-        )
-    if mode not in _PNG_MODES:
-        reason = _REFUSED_MODES.get(mode, f"PNG of mode {mode}")
-        raise DataError(f"{path}: {reason}; expected 8- or 16-bit grayscale or 8-bit RGB PNGs")
-    channels, bits = _PNG_MODES[mode]
-    return Kind("png", channels, 2, bits)
-
-
-def _read_png(path: Path, load: bool) -> tuple[Kind, tuple[int, ...], np.ndarray | None]:
-    try:
-        with Image.open(path) as image:
-            kind = _png_kind(path, image)
-            shape = (image.height, image.width)
-            array = np.asarray(image) if load else None
-    except (OSError, UnidentifiedImageError, ValueError) as exc:
-        raise DataError(f"{path}: cannot read PNG file ({type(exc).__name__}: {exc})") from exc
-    if array is not None:
-        array = array.astype(np.float32)
-        array = array[None] if array.ndim == 2 else np.ascontiguousarray(array.transpose(2, 0, 1))
-    return kind, shape, array
-
-
-def _spatial(path: Path, shape: tuple[int, ...]) -> tuple[int, ...]:
-    # Trailing singleton axes (a 2D slice stored as H x W x 1, a volume as 4D with one frame) are dropped.
-    while len(shape) > 2 and shape[-1] == 1:
-        shape = shape[:-1]
-    if len(shape) not in (2, 3):
-        raise DataError(f"{path}: NIfTI of shape {tuple(shape)}; expected a 2D slice or a 3D volume")
-    return tuple(int(s) for s in shape)
-
-
-def probe(path: Path) -> tuple[Kind, tuple[int, ...]]:
-    """The kind and spatial shape of an image file, from its header only."""
-    if path.name.endswith(".png"):
-        kind, shape, _ = _read_png(path, load=False)
-        return kind, shape
-    shape = _spatial(path, tuple(open_nifti(path).shape))
-    return Kind("nifti", 1, len(shape)), shape
-
-
-def read_image(path: Path) -> tuple[Kind, np.ndarray]:
-    """The kind and the float32 ``(C, *spatial)`` array of a PNG or NIfTI file, values as stored.
-
-    NIfTI values are scaled by the header's slope and intercept; arrays keep nibabel's voxel
-    axis order (no reorientation). Unreadable files raise :class:`DataError` naming the file.
-    """
-    if path.name.endswith(".png"):
-        kind, _, array = _read_png(path, load=True)
-        return kind, array
-    array = read_nifti(path)
-    array = array.reshape(_spatial(path, array.shape))
-    return Kind("nifti", 1, array.ndim), array[None]
 
 
 def fit_shape(image: torch.Tensor, size: tuple[int, ...], fit: str, path: Path) -> torch.Tensor:

@@ -17,6 +17,7 @@ from torch.utils.data import Dataset
 
 from bench_core.api import API_VERSION, DataError, DataSpec
 from bench_core.hookspecs import hookimpl
+from bench_core.imagefiles import read_nifti
 
 from . import phantoms
 from ._common import (
@@ -26,7 +27,6 @@ from ._common import (
     fingerprint_files,
     list_split_files,
     parse_size,
-    read_nifti,
     resize,
     split_counts,
 )

@@ -19,10 +19,10 @@ from torch.utils.data import Dataset
 
 from bench_core.api import API_VERSION, DataError, DataSpec
 from bench_core.hookspecs import hookimpl
+from bench_core.imagefiles import NIFTI_READ_ERRORS, nifti_data_error, open_nifti
 
 from . import brain
 from ._common import (
-    NIFTI_READ_ERRORS,
     check_options,
     check_root,
     files_of_split,
@@ -30,8 +30,6 @@ from ._common import (
     fingerprint_spread,
     list_split_files,
     list_volumes,
-    nifti_data_error,
-    open_nifti,
     parse_size,
     resize,
     split_counts,

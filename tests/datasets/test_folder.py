@@ -5,10 +5,8 @@ from __future__ import annotations
 import os
 import re
 import sqlite3
-import struct
 import subprocess
 import sys
-import zlib
 from pathlib import Path
 
 import nibabel as nib
@@ -39,22 +37,6 @@ def _png(path: Path, array: np.ndarray) -> Path:
 def _nii(path: Path, array: np.ndarray) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     nib.save(nib.Nifti1Image(array, np.eye(4)), path)
-    return path
-
-
-def _rgb16_png(path: Path, array: np.ndarray) -> Path:
-    """A 16-bit RGB PNG written by hand (Pillow cannot write one)."""
-    h, w, _ = array.shape
-    rows = b"".join(b"\0" + array[i].astype(">u2").tobytes() for i in range(h))
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    header = struct.pack(">IIBBBBB", w, h, 16, 2, 0, 0, 0)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(
-        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b"")
-    )
     return path
 
 
@@ -251,7 +233,7 @@ def test_unpaired_names_are_named_in_both_folders(tmp_path: Path) -> None:
         Folder(root, modalities=CT_MR)
 
 
-def test_png_kinds_that_are_refused(tmp_path: Path) -> None:
+def test_png_kinds_that_are_refused(tmp_path: Path, rgb16_png) -> None:
     cases = {
         "rgba.png": (
             np.zeros((4, 4, 4), np.uint8),
@@ -273,7 +255,7 @@ def test_png_kinds_that_are_refused(tmp_path: Path) -> None:
             grey.convert({"la.png": "LA", "bw.png": "1", "palette.png": "P"}[name]).save(path)
         with _raises_exactly(f"{path}: {reason}; expected 8- or 16-bit grayscale or 8-bit RGB PNGs"):
             folder.read_image(path)
-    path = _rgb16_png(tmp_path / "rgb16.png", np.full((3, 4, 3), 1000, np.uint16))
+    path = rgb16_png(tmp_path / "rgb16.png", np.full((3, 4, 3), 1000, np.uint16))
     with _raises_exactly(
         f"{path}: 16-bit colour PNG; Pillow reads colour PNGs with 8 bits per channel only, so it is refused "
         "rather than read with the low byte dropped; save it as 8-bit RGB, or as 16-bit grayscale per channel"

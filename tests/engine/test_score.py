@@ -189,3 +189,34 @@ def test_metric_without_direction_is_shown_as_not_ranked(tmp_path, registry):
     assert rows["psnr"].endswith("higher") and rows["ssim"].endswith("higher")
     back = result.to_json()["metrics"]
     assert back["data-copying"]["higher_is_better"] is None and back["psnr"]["higher_is_better"] is True
+
+
+def test_a_16_bit_colour_png_is_refused_not_read_as_8_bit(tmp_path, registry, rgb16_png):
+    """Pillow reads 16-bit RGB with the low byte dropped; score must not turn that into a number."""
+    ref = np.full((6, 5, 3), 40000, np.uint16)
+    bad = rgb16_png(tmp_path / "pred" / "a.png", ref)
+    rgb16_png(tmp_path / "ref" / "a.png", ref)
+    with pytest.raises(BenchError) as info:
+        score(ImageFolders(tmp_path / "pred", tmp_path / "ref"), ["psnr"], registry)
+    assert str(info.value).startswith(f"{bad}: 16-bit colour PNG;")
+
+
+def test_palette_and_grey_alpha_pngs_are_read_as_their_colours(tmp_path, registry):
+    rng = np.random.default_rng(3)
+    grey = rng.integers(0, 256, size=(16, 12), dtype=np.uint8)
+    _png(tmp_path / "ref" / "g.png", grey)
+    (tmp_path / "pred").mkdir()
+    Image.fromarray(grey).convert("LA").save(tmp_path / "pred" / "g.png")  # the same grey, with alpha
+    rgb = rng.integers(0, 256, size=(16, 12, 3), dtype=np.uint8)
+    _png(tmp_path / "ref2" / "p.png", rgb)
+    palette = Image.fromarray(rgb).quantize(colors=16)  # lossy: the colours differ from the RGB
+    (tmp_path / "pred2").mkdir()
+    palette.save(tmp_path / "pred2" / "p.png")
+    # The alpha channel dropped (else the shapes would differ), the grey read as it is: identical images.
+    same = score(ImageFolders(tmp_path / "pred", tmp_path / "ref"), ["psnr"], registry).metrics["psnr"]
+    identical = score(ImageFolders(tmp_path / "ref", tmp_path / "ref"), ["psnr"], registry).metrics["psnr"]
+    assert same.value == identical.value
+    colours = np.asarray(palette.convert("RGB"), dtype=np.float64)
+    expected = 10 * math.log10(1 / np.mean((colours / 255 - rgb / 255) ** 2))
+    result = score(ImageFolders(tmp_path / "pred2", tmp_path / "ref2"), ["psnr"], registry)
+    assert result.metrics["psnr"].value == pytest.approx(expected, abs=1e-6)
