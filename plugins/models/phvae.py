@@ -147,7 +147,7 @@ class PHVAE(nn.Module):
     The source configs keep ``none``.
 
     Speed: ``channels_last`` keeps the model and its inputs in channels-last memory format.
-    At the tiny config it made CPU training steps 1.11-1.14x faster, with outputs within 1.2e-7
+    At the tiny config it made CPU training steps 1.07-1.14x faster, with outputs within 1.2e-7
     and the same losses (docs/performance.md); on in ``tiny``, off in the source configs.
     """
 
