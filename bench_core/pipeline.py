@@ -122,8 +122,8 @@ def prepare(run: RunContext, cell: Cell) -> CellContext:
     details: dict[str, Any] = {"config": config, "checkpoint": checkpoint, "spec": spec_dict(spec), "stages": []}
     if run.suite.compile:
         details["compile"] = compiled or (
-            f"not applied: torch.compile is a CUDA option here, device is {run.device} (on the CPU, compiling "
-            "took longer than it saved in a cell: docs/performance.md)"
+            f"not applied: torch.compile is a CUDA option here, device is {run.device} (on the CPU it is wrong for "
+            "the EMA VQ models and took longer than it saved in tiny cells: docs/performance.md)"
         )
     return CellContext(run, cell, data, model_cls, registered.source.distribution, config, tasks, model,
                        checkpoint, details)  # fmt: skip
