@@ -302,7 +302,7 @@ def _submitit_folder(output_dir: Path) -> Path:
     return output_dir / "jobs" / "submitit"
 
 
-def _submitjob_rows(settings: Executor, output_dir: Path, jobs: list[CellJob]) -> list[Submitted]:
+def _submit_jobs(settings: Executor, output_dir: Path, jobs: list[CellJob]) -> list[Submitted]:
     """Submit ``jobs`` through submitit (one Slurm array, or local processes in sessions of their own)."""
     try:
         import submitit
@@ -459,7 +459,7 @@ def _submit_units(store: ResultsStore, settings: Executor, suite: Suite, output_
     gpus = settings.gpus_per_cell if settings.kind == "local" and settings.gpus_per_cell == 1 else 0
     suite_file = str(Path(suite.source_path).resolve()) if suite.source_path else ""
     jobs = [CellJob(u, suite_file, str(output_dir), suite.name, prefix, slots, threads, gpus) for u in units]
-    submitted = _submitjob_rows(settings, output_dir, jobs)
+    submitted = _submit_jobs(settings, output_dir, jobs)
     rows, now = [], time.time()
     for unit, sub in zip(units, submitted, strict=True):
         before = previous.get(unit.key)
