@@ -27,7 +27,7 @@ def export(output_dir: Path, fmt: str, out: Path | None = None) -> str:
         raise BenchError(f"no results store ({STORE_NAME}) in {output_dir}")
     if fmt in ("markdown", "latex"):
         data = load_results(output_dir)
-        tables = build_tables(data.results, data.per_item)
+        tables = build_tables(data.results, data.per_item, data.metric_rank)
         text = to_markdown(tables) if fmt == "markdown" else to_latex(tables)
         if out is None:
             return text

@@ -30,7 +30,7 @@ import json
 import math
 import statistics
 from collections import defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -142,12 +142,18 @@ def task_rank(task: str) -> int:
     return _TASK_ORDER.get(task, 7)
 
 
-def build_tables(results: Iterable[ResultRow | Mapping[str, Any]], per_item: PerItem | None = None) -> list[Table]:
+def build_tables(
+    results: Iterable[ResultRow | Mapping[str, Any]],
+    per_item: PerItem | None = None,
+    metric_rank: Callable[[str], int] | None = None,
+) -> list[Table]:
     """Aggregate stored result rows into one table per dataset and task.
 
     Args:
         results: rows as returned by :meth:`ResultsStore.results` (stored dicts are read as rows too).
         per_item: optional per-item values, used for the interval of single-seed cells.
+        metric_rank: the columns' order (e.g. ``StoredResults.metric_rank``: the suite's metrics in
+            the order its file lists them); columns of equal rank, and all without it, by name.
     """
     grouped: dict[tuple[str, str], dict[str, dict[str, list[ResultRow]]]] = defaultdict(
         lambda: defaultdict(lambda: defaultdict(list))
@@ -166,11 +172,12 @@ def build_tables(results: Iterable[ResultRow | Mapping[str, Any]], per_item: Per
         target[(row.dataset, row.task)][label][row.metric].append(row)
         directions.setdefault((row.dataset, row.task, row.metric), row.higher_is_better)
     collapsed = _collapse_notes(grouped)
+    rank = metric_rank or (lambda _: 0)
     tables = []
     for (dataset, task), by_model in sorted(
         grouped.items(), key=lambda kv: (kv[0][0], task_rank(kv[0][1]), kv[0][1])
     ):
-        names = sorted({m for metrics in by_model.values() for m in metrics})
+        names = sorted({m for metrics in by_model.values() for m in metrics}, key=lambda m: (rank(m), m))
         table = Table(dataset, task, [(m, directions[(dataset, task, m)]) for m in names])
         for model, metrics in sorted(by_model.items()):
             table.rows[model] = {m: aggregate(rows, per_item) for m, rows in metrics.items()}

@@ -91,7 +91,7 @@ def build_report(
     output_dir = Path(output_dir)
     data = load_results(output_dir, everything=everything)
     speed = _speed(output_dir, benchmarks)
-    tables = build_tables(data.results, data.per_item)
+    tables = build_tables(data.results, data.per_item, data.metric_rank)
     env = environment()
     cell_pages = _cell_pages(data)
     common = {"suite": data.suite, "provenance": provenance_context(data), "version": engine_version(), "arrow": arrow}

@@ -72,5 +72,15 @@ def test_headline_numbers_follow_the_suites_metric_order(tmp_path, make_store) -
     page = (out / "cells" / "a__d__seed0" / "index.html").read_text()
     headline = page[page.index('class="headline"') : page.index("<h2>Image grids</h2>")]
     assert headline.index("recon · zeta") < headline.index("recon · alpha")  # the store keeps them by name
+    # The leaderboard's and the exports' columns follow the suite too; by name without a suite file.
+    from bench_core.export import export
+    from bench_core.tables import build_tables
+
+    (table,) = build_tables(data.results, data.per_item, data.metric_rank)
+    assert [name for name, _ in table.metrics] == ["zeta", "alpha", "images_per_s"]  # not a suite metric: last
+    index = (out / "index.html").read_text()
+    assert index.index(">zeta ") < index.index(">alpha ")
+    assert export(out, "markdown").index("zeta") < export(out, "markdown").index("alpha")
+    assert [name for name, _ in build_tables(data.results)[0].metrics] == ["alpha", "images_per_s", "zeta"]
     (out / "suite.yaml").write_text("metrics: [unclosed\n")
     assert load_results(out).metric_order == []
