@@ -36,13 +36,13 @@ import copy
 import os
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
 import torch
 import torch._dynamo
 import torch._inductor.config as inductor_config
+from model_cases import Case
 
 from bench_core.api import DataSpec, merge_config
 from bench_core.timing import ThroughputMeter
@@ -91,27 +91,6 @@ def _one_thread(tmp_path, monkeypatch) -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
-
-
-@dataclass(frozen=True)
-class Case:
-    """A model at one config on inputs of one shape and batch (the quickstart's or the source's)."""
-
-    cls: type
-    config: str
-    channels: tuple[int, ...]
-    shape: tuple[int, ...]
-    batch: int
-    note: str = ""
-    overrides: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def id(self) -> str:
-        return f"{self.cls.name}-{self.config}"
-
-    def spec(self) -> DataSpec:
-        modalities = ("A", "B") if len(self.channels) == 2 else ("image",)
-        return DataSpec(modalities, self.channels, len(self.shape), self.shape, (-1.0, 1.0), {"train": 64})
 
 
 # The quickstart's data (suites/quickstart.yaml) at each tiny config's batch size.

@@ -11,10 +11,10 @@ the CPU in fp32 without compilation, so it is exercised where no GPU is.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 
 import pytest
 import torch
+from model_cases import Case
 
 from bench_core.api import DataSpec
 from bench_core.timing import Timing, benchmark_throughput
@@ -28,25 +28,6 @@ from bench_plugins.models.vqvae2 import VQVAE2
 
 DEVICE = torch.device(os.environ.get("BENCH_DEVICE", "cpu"))
 CUDA = DEVICE.type == "cuda"
-
-
-@dataclass(frozen=True)
-class Case:
-    """A model at one config on data of one shape (channels per modality, spatial shape)."""
-
-    cls: type
-    config: str
-    channels: tuple[int, ...]
-    shape: tuple[int, ...]
-    batch: int
-
-    @property
-    def id(self) -> str:
-        return f"{self.cls.name}-{self.config}"
-
-    def spec(self) -> DataSpec:
-        modalities = ("A", "B") if len(self.channels) == 2 else ("image",)
-        return DataSpec(modalities, self.channels, len(self.shape), self.shape, (-1.0, 1.0), {"train": 64})
 
 
 # The sources' settings (../shared/specs/models.md): image sizes and per-step batches.
