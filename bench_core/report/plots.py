@@ -6,7 +6,7 @@ paired comparison of the two best models (their per-item values against each oth
 the diagonal); per dataset: every model's training curves overlaid (loss against step).
 
 The headline metric of a table is the first ranked metric plugin's column (in the table's
-order, by name) whose plugin declares it a headline (``headline``, stored in each row's
+order: the suite's metric order, then by name) whose plugin declares it a headline (``headline``, stored in each row's
 provenance; see :mod:`bench_core.metric_reading`), else its first ranked metric plugin's
 column; a metric whose rows were computed with different settings is never plotted against
 another model's.
