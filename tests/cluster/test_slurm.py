@@ -94,7 +94,9 @@ def test_scancelled_and_requeued_jobs_resume_from_their_checkpoints(tmp_path, be
 
 def test_preemption_signal_checkpoints_requeues_and_resumes(tmp_path, bench, slurm_env, suite_file):
     # What Slurm sends before a time limit, and what submitit takes as preemption: SIGUSR2 (--signal=USR2@90).
-    path = suite_file(models=[slow_model()], executor=SLURM)
+    # 15 s of training: the signal must reach the job while it trains, also on a loaded machine where this
+    # process polls late (with 6 s, the job had finished before the signal when two other processes hogged the CPU).
+    path = suite_file(models=[slow_model(steps=60)], executor=SLURM)
     assert bench("run", str(path), "--output", "out", "--detach", env=slurm_env).returncode == 0
     out, store = tmp_path / "out", tmp_path / "out" / "results.sqlite"
     ((job,),) = query(store, "SELECT job_id FROM jobs")
