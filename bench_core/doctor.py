@@ -287,10 +287,10 @@ def _check_eval_files(diagnosis: Diagnosis, stamp: str) -> None:
 
 
 def _eval_damage(path: Path) -> str | None:
-    from bench_core.results import eval_json_problem  # the report's own shape check, so the two agree
+    from bench_core.results import eval_json_problem, parse_eval_json  # the report's own reading, so the two agree
 
     try:
-        return eval_json_problem(json.loads(path.read_text()))
+        return eval_json_problem(parse_eval_json(path.read_text()))
     except (OSError, ValueError) as exc:  # ValueError: bad JSON or bad UTF-8
         return f"unreadable ({type(exc).__name__}: {exc})"
 

@@ -12,7 +12,6 @@ writes files and makes rows, and decides for all ranks which weights exist
 from __future__ import annotations
 
 import functools
-import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +21,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from bench_core import distributed as ddp
+from bench_core import jsonvalues
 from bench_core.api import BenchError, DataSpec
 from bench_core.augment import PairedAugment
 from bench_core.baselines import BASELINES
@@ -284,7 +284,7 @@ def record(ctx: CellContext) -> tuple[list[ResultRow], dict[str, Any]]:
         rows += [row.replace(task=row.task + suffix).with_provenance(variant=variant.model_dump(mode="json"))
                  for row in outcome.rows]  # fmt: skip
         out_dir.mkdir(parents=True, exist_ok=True)
-        write_atomic(out_dir / "eval.json", json.dumps(outcome.per_file, indent=1))
+        write_atomic(out_dir / "eval.json", jsonvalues.dumps(outcome.per_file, indent=1))
         if index == 0:
             rows += model_rows(ctx.model_values, ctx.model_cls.name)
             details.update(cell_dir=str(ctx.cell_dir.relative_to(ctx.run.output_dir)), grids=outcome.grids)
@@ -314,7 +314,7 @@ def run_baseline_cell(run: RunContext, cell: BaselineCell) -> tuple[list[ResultR
     # A baseline's metric values only: no timings or diagnostics.
     rows = [baseline_row(r, baseline.settings()) for r in outcome.rows if r.kind == "metric"]
     cell_dir.mkdir(parents=True, exist_ok=True)
-    write_atomic(cell_dir / "eval.json", json.dumps(outcome.per_file, indent=1))
+    write_atomic(cell_dir / "eval.json", jsonvalues.dumps(outcome.per_file, indent=1))
     details = {
         "baseline": baseline.settings(), "description": baseline.description, "spec": spec_dict(spec),
         "cell_dir": str(cell_dir.relative_to(run.output_dir)), "grids": outcome.grids, "notes": outcome.notes,

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from bench_core.api import BenchError
+from bench_core.jsonvalues import decode_nonfinite
 from bench_core.rows import ResultRow
 from bench_core.store import STORE_NAME, ResultsStore
 
@@ -142,7 +143,7 @@ def _read_eval(data: StoredResults, cell: dict[str, Any]) -> None:
     if cell["status"] != "done" or eval_path is None or not eval_path.exists():
         return
     try:
-        parsed = json.loads(eval_path.read_text())
+        parsed = parse_eval_json(eval_path.read_text())
         problem = eval_json_problem(parsed)
     except (OSError, ValueError) as exc:  # ValueError: bad JSON or bad UTF-8
         problem = str(exc)
@@ -156,6 +157,23 @@ def _read_eval(data: StoredResults, cell: dict[str, Any]) -> None:
             values = entry.get("per_file") if isinstance(entry, dict) else None
             if values:
                 data.per_item[(cell["cell_key"], task, metric)] = {k: values[k] for k in sorted(values)}
+
+
+def parse_eval_json(text: str) -> Any:
+    """An eval.json's content, its non-finite numbers (written as ``"nan"``, ``"inf"``, ``"-inf"``) as floats.
+
+    Only the numeric fields are decoded (each entry's ``mean``, ``std`` and ``per_file`` values), so an
+    item whose id is ``"nan"`` stays a string; files written with Python's ``NaN`` tokens read too.
+    """
+    parsed = json.loads(text)
+    for metrics in parsed.values() if isinstance(parsed, dict) else ():
+        for entry in metrics.values() if isinstance(metrics, dict) else ():
+            if not isinstance(entry, dict):
+                continue
+            entry.update({k: decode_nonfinite(entry[k]) for k in ("mean", "std") if k in entry})
+            if isinstance(entry.get("per_file"), dict):
+                entry["per_file"] = {k: decode_nonfinite(v) for k, v in entry["per_file"].items()}
+    return parsed
 
 
 def eval_json_problem(parsed: Any) -> str | None:

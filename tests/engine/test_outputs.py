@@ -93,3 +93,22 @@ def test_no_output_folder_or_file_name_holds_a_colon(tmp_path: Path, monkeypatch
     assert "cells/baseline__mean-image__toy" in names and "cells/toy-ae__toy__seed0" in names
     assert not [n for n in names if ":" in n]
     assert (out / "suite.yaml").is_file()
+    for path in out.rglob("eval.json"):  # strict JSON, whatever the metrics returned
+        json.loads(path.read_text(), parse_constant=_refuse_constant)
+
+
+def test_eval_json_is_strict_and_reads_back_its_nonfinite_values(tmp_path: Path):
+    from bench_core.results import eval_json_problem, parse_eval_json
+
+    entry = {"mean": math.nan, "std": math.inf, "n": 3, "per_file": {"nan": -math.inf, "a": 0.5, "b": math.nan}}
+    text = dumps({"recon": {"m": entry}, "sample": {"copies": {"per_file": {}, "note": "nan"}}}, indent=1)
+    json.loads(text, parse_constant=_refuse_constant)
+    parsed = parse_eval_json(text)
+    read = parsed["recon"]["m"]
+    assert math.isnan(read["mean"]) and read["std"] == math.inf and read["n"] == 3
+    assert read["per_file"]["nan"] == -math.inf and read["per_file"]["a"] == 0.5 and math.isnan(read["per_file"]["b"])
+    assert parsed["sample"]["copies"]["note"] == "nan"  # only the numeric fields are decoded
+    assert eval_json_problem(parsed) is None
+    old = '{"recon": {"m": {"mean": NaN, "per_file": {"a": Infinity}}}}'  # written before: Python's tokens
+    assert parse_eval_json(old)["recon"]["m"]["per_file"]["a"] == math.inf
+    assert eval_json_problem(parse_eval_json('{"recon": {"m": {"per_file": {"a": "oops"}}}}')) is not None
