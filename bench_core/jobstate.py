@@ -116,11 +116,9 @@ def _local_alive(pid: int, token: str) -> bool:
     """Whether the local job's controller process (identified by ``token``) still runs; reaps it if it is ours."""
     with contextlib.suppress(ChildProcessError, OSError):
         os.waitpid(pid, os.WNOHANG)  # the submitting process's own finished children would stay zombies
-    try:  # a zombie (its parent gone, and nobody reaping) has ended too
+    with contextlib.suppress(OSError, IndexError):  # a zombie (its parent gone, nobody reaping) has ended too
         if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
             return False
-    except (OSError, IndexError):
-        pass
     return claimant(pid) == token
 
 

@@ -17,11 +17,24 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+ENGINE_TESTS = Path(__file__).parent / "engine"  # fakeplugins.py: the toy plugins of the engine tests
+
 
 def pytest_configure(config) -> None:
     """Point ``BENCH_CACHE_DIR`` at a session folder when it is unset."""
     if not os.environ.get("BENCH_CACHE_DIR"):
         os.environ["BENCH_CACHE_DIR"] = tempfile.mkdtemp(prefix="medgen-bench-tests-")
+
+
+@pytest.fixture
+def bench_env(tmp_path: Path) -> dict[str, str]:
+    """Environment for `bench` subprocesses: the fake plugins importable, a private cache, the main store."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(ENGINE_TESTS), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    env["BENCH_CACHE_DIR"] = str(tmp_path / "cache")
+    env.pop("BENCH_DISABLE_PLUGIN_AUTOLOAD", None)
+    env.pop("BENCH_STORE_FILE", None)  # a job's node-local store, never a test's
+    return env
 
 
 @pytest.fixture

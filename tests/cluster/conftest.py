@@ -8,7 +8,6 @@ left on that private cluster is cancelled, so a failing test does not hold the n
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -45,17 +44,6 @@ def slurm_env(slurm, bench_env):
     env = {**bench_env, "SLURM_CONF": str(slurm.conf)}
     yield env
     subprocess.run(["scancel", "--quiet", "-u", "root"], env=env, capture_output=True, timeout=30, check=False)
-
-
-@pytest.fixture
-def bench_env(tmp_path: Path) -> dict[str, str]:
-    """Environment for `bench` subprocesses: fake plugins importable, a private cache."""
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(ENGINE), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
-    env["BENCH_CACHE_DIR"] = str(tmp_path / "cache")
-    env.pop("BENCH_DISABLE_PLUGIN_AUTOLOAD", None)
-    env.pop("BENCH_STORE_FILE", None)
-    return env
 
 
 @pytest.fixture

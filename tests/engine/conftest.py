@@ -2,25 +2,12 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import yaml
-
-HERE = Path(__file__).parent
-
-
-@pytest.fixture
-def bench_env(tmp_path: Path) -> dict[str, str]:
-    """Environment for `bench` subprocesses: fake plugins importable, a private cache."""
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(HERE), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
-    env["BENCH_CACHE_DIR"] = str(tmp_path / "cache")
-    env.pop("BENCH_DISABLE_PLUGIN_AUTOLOAD", None)
-    return env
 
 
 @pytest.fixture
