@@ -229,8 +229,9 @@ def _cell_context(cell: dict[str, Any], data: StoredResults, depth: int) -> dict
     directions = {(r.task, r.metric): r.higher_is_better for r in rows}
     headline = {r.metric for r in rows if row_reading(r.provenance, r.higher_is_better).headline}
     galleries = _worst_items(data.evals.get(cell["cell_key"], {}), directions, headline, spec, cell_dir)
-    shown_first = sorted((x for x in numbers if x["headline"]),
-                         key=lambda x: (task_rank(x["task"]), x["task"], data.metric_rank(x["metric"])))  # fmt: skip
+    # As the leaderboard orders them: reconstruction/translation tasks first, the suite's metric order within.
+    numbers.sort(key=lambda x: (task_rank(x["task"]), x["task"], data.metric_rank(x["metric"]), x["metric"]))
+    shown_first = [x for x in numbers if x["headline"]]
     return {"numbers": numbers, "headline": shown_first, "curves": curves, "grids": grids, "galleries": galleries,
             "spec": spec}  # fmt: skip
 

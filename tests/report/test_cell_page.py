@@ -72,6 +72,8 @@ def test_headline_numbers_follow_the_suites_metric_order(tmp_path, make_store) -
     page = (out / "cells" / "a__d__seed0" / "index.html").read_text()
     headline = page[page.index('class="headline"') : page.index("<h2>Image grids</h2>")]
     assert headline.index("recon · zeta") < headline.index("recon · alpha")  # the store keeps them by name
+    numbers = page[page.index("<h2>Numbers</h2>") : page.index("<h2>Training curves</h2>")]
+    assert numbers.index(">zeta") < numbers.index(">alpha") < numbers.index(">images_per_s")  # the train row last
     # The leaderboard's and the exports' columns follow the suite too; by name without a suite file.
     from bench_core.export import export
     from bench_core.tables import build_tables
