@@ -41,6 +41,8 @@ class StoredResults:
     by_cell: dict[str, list[ResultRow]] = field(default_factory=dict)  # cell_key -> its result rows
     superseded: int = 0  # cells of earlier versions of the suite, left out of (or relabelled in) the data
     metric_order: list[str] = field(default_factory=list)  # the suite's metrics as its suite.yaml lists them
+    suite_text: str = ""  # the suite file copied beside the store ("" when missing or unreadable)
+    description: str = ""  # that file's description
 
     def metric_rank(self, metric: str) -> int:
         """Where ``metric`` (or the metric a component ``name.part`` belongs to) sits in the suite's list."""
@@ -67,21 +69,27 @@ def load_results(path: str | Path, suite: str | None = None, everything: bool = 
         data.by_cell.setdefault(row.cell_key, []).append(row)
     for cell in data.cells:
         _read_eval(data, cell)
-    data.metric_order = _metric_order(data.output_dir / SUITE_COPY)
+    _read_suite_copy(data)
     return data
 
 
-def _metric_order(path: Path) -> list[str]:
-    """The metric names of the suite file copied beside the store (empty when it is missing or unreadable)."""
+def _read_suite_copy(data: StoredResults) -> None:
+    """The suite file copied beside the store: its text, description and metric order (read once)."""
     import yaml
 
+    path = data.output_dir / SUITE_COPY
     try:
-        suite = yaml.safe_load(path.read_text()) if path.exists() else None
+        data.suite_text = path.read_text() if path.exists() else ""
+        suite = yaml.safe_load(data.suite_text)
     except (OSError, ValueError, yaml.YAMLError):  # ValueError: bad UTF-8
-        return []
-    metrics = suite.get("metrics") if isinstance(suite, dict) else None
+        return
+    if not isinstance(suite, dict):
+        return
+    data.description = str(suite.get("description") or "")
+    metrics = suite.get("metrics")
     entries = metrics if isinstance(metrics, list) else []
-    return [m if isinstance(m, str) else str(m.get("plugin")) for m in entries if isinstance(m, str | dict)]
+    names = (m if isinstance(m, str) else str(m.get("plugin")) for m in entries if isinstance(m, str | dict))
+    data.metric_order = list(names)
 
 
 def all_rows(output_dir: Path) -> list[dict[str, Any]]:

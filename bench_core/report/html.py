@@ -95,14 +95,13 @@ def build_report(
     env = environment()
     cell_pages = _cell_pages(data)
     common = {"suite": data.suite, "provenance": provenance_context(data), "version": engine_version(), "arrow": arrow}
-    suite_text = _read(output_dir / "suite.yaml")
     strip_pages = _write_strips(env, common, data, tables)
     page = env.get_template("index.html").render(
         **common,
         **_index_context(data, tables, cell_pages),
         root="",
-        description=_description(suite_text),
-        suite_text=suite_text,
+        description=data.description,
+        suite_text=data.suite_text,
         cells=data.cells,
         cell_pages=cell_pages,
         strip_pages=strip_pages,
@@ -177,10 +176,6 @@ def _index_context(data: StoredResults, tables: list[Table], cell_pages: dict[st
 def _descriptions(data: StoredResults) -> dict[str, str]:
     """Metric name -> the one line its plugin reads as (for the leaderboards' column headers)."""
     return {r.metric: text for r in data.results if (text := row_reading(r.provenance, r.higher_is_better).description)}
-
-
-def _read(path: Path) -> str:
-    return path.read_text() if path.exists() else ""
 
 
 def _cell_title(cell: dict[str, Any]) -> str:
@@ -373,13 +368,3 @@ def tables_json(tables: list[Table]) -> list[dict[str, Any]]:
         }
         for t in tables
     ]
-
-
-def _description(suite_text: str) -> str:
-    import yaml
-
-    try:
-        data = yaml.safe_load(suite_text) or {}
-    except yaml.YAMLError:
-        return ""
-    return str(data.get("description", "")) if isinstance(data, dict) else ""
